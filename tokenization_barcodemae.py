@@ -115,4 +115,6 @@ class BarcodeMAETokenizer(PreTrainedTokenizerFast):
         return "".join(pieces)
 
 
+BarcodeMAETokenizer.register_for_auto_class("AutoTokenizer")
+
 __all__ = ["BarcodeMAETokenizer", "normalize_barcode", "kmer_vocabulary"]
