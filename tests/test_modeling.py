@@ -1,0 +1,185 @@
+"""Model core: masking invariants, padding invariance, objectives, heads, dtypes."""
+
+import pytest
+import torch
+from tiny_models import tiny_config
+
+from configuration_barcodemae import BarcodeMAEConfig
+from modeling_barcodemae import (
+    BarcodeMAEForPreTraining,
+    BarcodeMAEForSequenceClassification,
+    BarcodeMAEModel,
+    random_masking,
+)
+from tokenization_barcodemae import BarcodeMAETokenizer
+
+SEQUENCES = [
+    "ACGTTGCAAGCTAGCTAGGATCCATGCAAGTCGATCGATCGGATCAGTTAGCATCGATTACGGATCGATTTACGGC" * 2,
+    "TTGACCAGTAGGCATCAGNNNNAGTCAGCATCGATGCATGCAAGTC",
+    "GGCATCGATCGATCGARYTAGCTAGCATCGATCGATTTAGCGATCGACTAGCATCAGCAGCA",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return BarcodeMAETokenizer(k_mer=4, model_max_length=50)
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    return tokenizer(SEQUENCES, padding=True, truncation=True, return_tensors="pt")
+
+
+def test_config_rejects_inconsistent_values():
+    for bad in [
+        dict(objective="bert"),
+        dict(hidden_size=30, num_attention_heads=4),
+        dict(decoder_hidden_size=30, decoder_num_attention_heads=4),
+        dict(mask_ratio=0.0),
+        dict(mask_ratio=1.0),
+        dict(stride=3),
+        dict(position_embedding_type="alibi"),
+        dict(max_length=2),
+    ]:
+        with pytest.raises(ValueError, match="Invalid BarcodeMAEConfig"):
+            tiny_config(**bad)
+
+
+def test_config_derived_sizes_and_paper_defaults():
+    config = BarcodeMAEConfig()
+    assert (config.k_mer, config.stride, config.max_length, config.max_position_embeddings) == (6, 6, 660, 110)
+    assert config.vocab_size == 4101 and config.mask_ratio == 0.5 and config.objective == "mae"
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 6, 6)
+
+
+def test_random_masking_keeps_exact_fraction_and_never_masks_specials_or_padding(batch):
+    torch.manual_seed(0)
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    masking = random_masking(input_ids, attention_mask, 0.5, first_kmer_id=5)
+    maskable = attention_mask.bool() & (input_ids >= 5)
+    assert torch.equal(masking.mask.sum(1), (maskable.sum(1) * 0.5).floor().long())
+    assert not (masking.mask & ~maskable).any()  # never [UNK], never padding
+    assert torch.equal(masking.num_kept, attention_mask.sum(1) - masking.mask.sum(1))
+    assert torch.equal(
+        torch.gather(masking.ids_shuffle, 1, masking.ids_restore), torch.arange(input_ids.shape[1]).expand(3, -1)
+    )
+
+
+def test_same_seed_same_mask(batch):
+    torch.manual_seed(7)
+    first = random_masking(batch["input_ids"], batch["attention_mask"], 0.5, 5).mask
+    torch.manual_seed(7)
+    second = random_masking(batch["input_ids"], batch["attention_mask"], 0.5, 5).mask
+    assert torch.equal(first, second)
+
+
+def test_mae_encoder_sees_only_kept_tokens(batch, monkeypatch):
+    model = BarcodeMAEForPreTraining(tiny_config()).eval()
+    seen = {}
+    original_forward = model.barcodemae.forward
+
+    def spy(input_ids, attention_mask=None, position_ids=None, **kwargs):
+        seen.update(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return original_forward(input_ids, attention_mask, position_ids, **kwargs)
+
+    monkeypatch.setattr(model.barcodemae, "forward", spy)
+    torch.manual_seed(1)
+    output = model(**batch)
+    mask = output.mask.bool()
+    kept_count = batch["attention_mask"].sum(1) - mask.sum(1)
+    assert torch.equal(seen["attention_mask"].sum(1), kept_count)
+    assert seen["input_ids"].shape[1] == int(kept_count.max())  # padded only to the batch's longest kept block
+    assert not (seen["input_ids"] == model.config.mask_token_id).any()
+    for row in range(len(SEQUENCES)):
+        real = seen["attention_mask"][row].bool()
+        positions = seen["position_ids"][row][real]
+        assert not mask[row, positions].any()  # never a masked position
+        assert torch.equal(seen["input_ids"][row][real], batch["input_ids"][row, positions])  # original positions
+        assert (seen["input_ids"][row][~real] == 0).all()
+
+
+def test_mae_loss_is_cross_entropy_on_masked_positions_only(batch):
+    model = BarcodeMAEForPreTraining(tiny_config()).eval()
+    torch.manual_seed(3)
+    output = model(**batch)
+    scored = output.labels != -100
+    assert torch.equal(scored, output.mask.bool())
+    assert output.logits.shape == (int(scored.sum()), model.config.vocab_size)
+    expected = torch.nn.functional.cross_entropy(output.logits, output.labels[scored])
+    torch.testing.assert_close(output.loss, expected)
+    assert torch.equal(output.labels[scored], batch["input_ids"][scored])
+
+
+def test_mlm_objective_uses_mask_tokens_and_scores_masked_positions(batch):
+    model = BarcodeMAEForPreTraining(tiny_config(objective="mlm")).eval()
+    assert not hasattr(model, "decoder") and hasattr(model, "lm_head")
+    torch.manual_seed(0)
+    corrupted, labels = model.mask_for_mlm(batch["input_ids"], batch["attention_mask"])
+    scored = labels != -100
+    assert (corrupted[scored] == 4).float().mean() > 0.6
+    assert torch.equal(corrupted[~scored], batch["input_ids"][~scored])
+    assert not (scored & (batch["input_ids"] < 5)).any()
+    output = model(input_ids=corrupted, attention_mask=batch["attention_mask"], labels=labels)
+    assert output.logits.shape[0] == int(scored.sum()) and output.loss > 0
+
+
+def test_mae_refuses_labels(batch):
+    model = BarcodeMAEForPreTraining(tiny_config())
+    with pytest.raises(ValueError, match="masks internally"):
+        model(**batch, labels=batch["input_ids"])
+
+
+@pytest.mark.parametrize("position_embedding_type", ["absolute", "rotary"])
+def test_padding_never_changes_the_embedding(tokenizer, position_embedding_type):
+    torch.manual_seed(0)
+    model = BarcodeMAEModel(tiny_config(position_embedding_type=position_embedding_type)).eval()
+    short, long = SEQUENCES[1], SEQUENCES[0]
+    alone = model(**tokenizer([short], return_tensors="pt"))
+    padded = model(**tokenizer([short, long], padding=True, truncation=True, return_tensors="pt"))
+    n_tokens = alone.last_hidden_state.shape[1]
+    torch.testing.assert_close(padded.pooler_output[0], alone.pooler_output[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded.last_hidden_state[0, :n_tokens], alone.last_hidden_state[0], atol=1e-5, rtol=0)
+
+
+def test_encoder_outputs_hidden_states_and_tuple(batch):
+    model = BarcodeMAEModel(tiny_config()).eval()
+    output = model(**batch, output_hidden_states=True)
+    assert len(output.hidden_states) == 3
+    torch.testing.assert_close(output.hidden_states[-1], output.last_hidden_state)
+    as_tuple = model(**batch, return_dict=False)
+    torch.testing.assert_close(as_tuple[1], output.pooler_output)
+
+
+def test_too_long_input_gives_a_clear_error():
+    model = BarcodeMAEModel(tiny_config())
+    with pytest.raises(ValueError, match="truncation=True"):
+        model(torch.full((1, 51), 7))
+
+
+def test_bf16_forward_matches_fp32(batch):
+    torch.manual_seed(0)
+    model = BarcodeMAEModel(tiny_config()).eval()
+    reference = model(**batch).pooler_output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(**batch).pooler_output
+    cosine = torch.nn.functional.cosine_similarity(reference, low.float())
+    assert (cosine > 0.99).all()
+    pretraining = BarcodeMAEForPreTraining(tiny_config()).to(torch.bfloat16)
+    assert torch.isfinite(pretraining(**batch).loss)
+
+
+def test_sequence_classification_and_frozen_encoder(batch):
+    model = BarcodeMAEForSequenceClassification(tiny_config(num_labels=3, freeze_encoder=True)).train()
+    assert not model.barcodemae.training
+    output = model(**batch, labels=torch.tensor([0, 1, 2]))
+    output.loss.backward()
+    assert model.classifier.weight.grad is not None
+    assert all(p.grad is None for p in model.barcodemae.parameters())
+    assert output.logits.shape == (3, 3)
+
+
+def test_gradient_checkpointing_runs(batch):
+    model = BarcodeMAEForPreTraining(tiny_config()).train()
+    model.activation_checkpointing_enable()
+    model(**batch).loss.backward()
+    assert model.barcodemae.token_embeddings.weight.grad is not None
