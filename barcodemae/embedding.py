@@ -1,0 +1,157 @@
+"""Turn barcodes into embeddings with any encoder loadable by `AutoModel`.
+
+The embedding is the mean of the encoder's last hidden states over real (non-padding) tokens, which for
+`BarcodeMAEModel` equals its ``pooler_output``. Batches are formed from length-sorted sequences (sort, embed,
+restore the input order) so that little compute is spent on padding; long inputs are processed in chunks so
+memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "barcodemae-small"
+
+
+def default_model_path() -> str:
+    """The shipped encoder, or the folder named by ``$BARCODEMAE_MODEL``."""
+    return os.environ.get("BARCODEMAE_MODEL", str(DEFAULT_MODEL))
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_encoder(path: str | os.PathLike | None = None, device: str | None = None):
+    """Load ``(model, tokenizer)`` from a local folder (offline-safe: ``local_files_only`` for folders)."""
+    path = str(path or default_model_path())
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"Model folder not found: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, local_files_only=True)
+    model = AutoModel.from_pretrained(path, trust_remote_code=True, local_files_only=True)
+    return model.to(pick_device(device)).eval(), tokenizer
+
+
+def corrupt_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rate: float,
+    mode: str,
+    special_ids: Sequence[int],
+    mask_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Inference-time corruption (the paper's Fig. 3): ``floor(rate * n)`` of each row's ``n`` non-special tokens are
+    replaced by ``[MASK]`` (``mode="masking"``) or removed (``mode="deletion"``; the remaining tokens keep their
+    original position ids). Returns ``(input_ids, attention_mask, position_ids or None)``."""
+    maskable = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(special_ids)))
+    noise = torch.rand(input_ids.shape, generator=generator)
+    noise = torch.where(maskable, noise, 2.0)
+    count = (maskable.sum(1) * rate).floor().long()
+    rank = noise.argsort(1).argsort(1)
+    chosen = rank < count[:, None]
+    if mode == "masking":
+        return input_ids.masked_fill(chosen, mask_token_id), attention_mask, None
+    if mode != "deletion":
+        raise ValueError(f"Unknown corruption mode {mode!r}")
+    keep = attention_mask.bool() & ~chosen
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept tokens first, original order
+    length = int(keep.sum(1).max())
+    kept_ids = torch.gather(input_ids, 1, order[:, :length])
+    kept_mask = torch.gather(keep, 1, order[:, :length])
+    return kept_ids.masked_fill(~kept_mask, pad_token_id), kept_mask.long(), order[:, :length]
+
+
+class Embedder:
+    """Callable ``embed(sequences) -> (N, hidden) float32`` array, in input order.
+
+    Args:
+        model, tokenizer: an encoder and its tokenizer (see `load_encoder`).
+        batch_size: sequences per forward pass.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
+        sort_by_length: batch length-sorted sequences to avoid padding waste.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 128, precision: str = "auto", sort_by_length: bool = True):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.sort_by_length = sort_by_length
+        self.device = next(model.parameters()).device
+        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.hidden_size = model.config.hidden_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | None = None, **kwargs) -> Embedder:
+        return cls(*load_encoder(path, device), **kwargs)
+
+    def __call__(
+        self,
+        sequences: Sequence[str],
+        *,
+        masking_rate: float = 0.0,
+        deletion_rate: float = 0.0,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        if masking_rate and deletion_rate:
+            raise ValueError("Use masking_rate or deletion_rate, not both.")
+        order = np.argsort([-len(s) for s in sequences], kind="stable") if self.sort_by_length else None
+        ordered = [sequences[i] for i in order] if order is not None else list(sequences)
+        generator = torch.Generator().manual_seed(seed)
+        output = np.empty((len(sequences), self.hidden_size), dtype=np.float32)
+        starts = range(0, len(ordered), self.batch_size)
+        for start in tqdm(starts, disable=not progress, desc="embedding", unit="batch", leave=False):
+            batch = ordered[start : start + self.batch_size]
+            rate, mode = (masking_rate, "masking") if masking_rate else (deletion_rate, "deletion")
+            output[start : start + len(batch)] = self._embed_batch(batch, rate, mode, generator)
+        if order is not None:
+            restored = np.empty_like(output)
+            restored[order] = output
+            output = restored
+        return output
+
+    def iter_chunks(self, sequences: Iterable[str], chunk_size: int = 8192) -> Iterator[np.ndarray]:
+        """Stream embeddings for an arbitrarily long iterable, one ``(<=chunk_size, hidden)`` array at a time."""
+        chunk: list[str] = []
+        for sequence in sequences:
+            chunk.append(sequence)
+            if len(chunk) == chunk_size:
+                yield self(chunk)
+                chunk = []
+        if chunk:
+            yield self(chunk)
+
+    @torch.inference_mode()
+    def _embed_batch(self, batch: list[str], rate: float, mode: str, generator: torch.Generator) -> np.ndarray:
+        encoded = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        input_ids, attention_mask, position_ids = encoded["input_ids"], encoded["attention_mask"], None
+        if rate > 0:
+            input_ids, attention_mask, position_ids = corrupt_tokens(
+                input_ids,
+                attention_mask,
+                rate,
+                mode,
+                special_ids=self.tokenizer.all_special_ids,
+                mask_token_id=self.tokenizer.mask_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+                generator=generator,
+            )
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            hidden = self.model(**inputs).last_hidden_state
+        weights = inputs["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return pooled.cpu().numpy()
