@@ -1,0 +1,130 @@
+"""Figures: robustness curves (paper Fig. 3), t-SNE of under-represented genera (Fig. 2), training curves.
+
+Matplotlib with the Agg backend; every PNG is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PERTURBATIONS = (("masking", "Token masking"), ("deletion", "Token deletion"))
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
+    os.close(handle)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_robustness(curves: dict[str, dict[str, dict[float, float]]], path: str | Path) -> Path:
+    """Genus 1-NN accuracy (unseen) vs perturbation rate: two panels (masking, deletion), one line per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, (kind, title) in zip(axes, PERTURBATIONS):
+        for model, curve in curves.items():
+            points = sorted((float(rate), acc) for rate, acc in curve.get(kind, {}).items())
+            if points:
+                axis.plot(*zip(*points), marker="o", label=model)
+        axis.set(title=title, xlabel="rate at inference", ylabel="genus 1-NN accuracy (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    return _save(fig, path)
+
+
+def underrepresented_genera(genus_labels: Sequence[str | None], n_genera: int = 20, seed: int = 0) -> list[str]:
+    """``n_genera`` random genera (sorted) among the under-represented ones: genera with at least 5 records whose
+    count is at most the median count of such genera (the lower half). Falls back to all genera with ≥5 records
+    when the lower half has fewer than ``n_genera``."""
+    counts = Counter(g for g in genus_labels if g)
+    eligible = {g: c for g, c in counts.items() if c >= 5}
+    if not eligible:
+        return []
+    median = float(np.median(list(eligible.values())))
+    pool = sorted(g for g, c in eligible.items() if c <= median)
+    if len(pool) < n_genera:
+        pool = sorted(eligible)
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(pool, size=min(n_genera, len(pool)), replace=False).tolist())
+
+
+def plot_tsne(
+    embeddings_by_model: dict[str, tuple[np.ndarray, Sequence[str | None]]],
+    path: str | Path,
+    n_genera: int = 20,
+    seed: int = 0,
+    max_iter: int = 1000,
+) -> Path:
+    """t-SNE (scikit-learn) of the records of ``n_genera`` under-represented genera, one panel per model.
+
+    The genera are chosen once (from the first model's labels) and used in every panel, with the same colours.
+    ``max_iter``: t-SNE optimisation steps (scikit-learn's minimum is 250).
+    """
+    from sklearn.manifold import TSNE
+
+    first_labels = next(iter(embeddings_by_model.values()))[1]
+    genera = underrepresented_genera(first_labels, n_genera=n_genera, seed=seed)
+    colours = {g: plt.get_cmap("tab20")(i % 20) for i, g in enumerate(genera)}
+    fig, axes = plt.subplots(1, len(embeddings_by_model), figsize=(5 * len(embeddings_by_model), 5), squeeze=False)
+    for axis, (model, (emb, labels)) in zip(axes[0], embeddings_by_model.items()):
+        labels = np.asarray(labels, dtype=object)
+        rows = np.flatnonzero(np.isin(labels, genera))
+        if len(rows) > 3:
+            perplexity = min(30.0, (len(rows) - 1) / 3)
+            points = TSNE(perplexity=perplexity, init="pca", max_iter=max_iter, random_state=seed).fit_transform(
+                np.asarray(emb, dtype=np.float32)[rows]
+            )
+            for genus in genera:
+                mask = labels[rows] == genus
+                axis.scatter(points[mask, 0], points[mask, 1], s=8, color=colours[genus], label=genus)
+        axis.set(title=model, xticks=[], yticks=[])
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2)
+    return _save(fig, path)
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Loss curves from ``trainer.state.log_history``: train ``loss`` and ``eval_loss`` vs step on the left,
+    every other numeric ``eval_*`` metric (e.g. genus 1-NN) vs step on the right."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            if (key == "loss" or key.startswith("eval_")) and isinstance(value, (int, float)):
+                series.setdefault(key, []).append((step, float(value)))
+    skip = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_loss")
+    metrics = {k: v for k, v in series.items() if k.startswith("eval_") and k not in skip}
+    fig, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        if key in series:
+            loss_axis.plot(*zip(*series[key]), marker="." if key == "eval_loss" else None, label=label)
+    loss_axis.set(title="Loss", xlabel="step", ylabel="loss")
+    for key, points in metrics.items():
+        metric_axis.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
+    metric_axis.set(title="Evaluation metrics", xlabel="step")
+    for axis in (loss_axis, metric_axis):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
+    return _save(fig, path)

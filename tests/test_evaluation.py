@@ -1,0 +1,262 @@
+"""Evaluation core: metrics on hand-computed cases, nearest neighbours, protocol invariants, plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from barcodemae import evaluation as ev
+from barcodemae.baselines import kmer_count_features
+from barcodemae.plots import plot_robustness, plot_training_curves, plot_tsne, underrepresented_genera
+from barcodemae.simulate import simulate_barcodes
+
+QUICK_PROBE = ev.ProbeConfig(lr=1e-2, min_steps=200)  # enough for the (near-)separable simulated features
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def records():
+    return simulate_barcodes(specimens_per_species=6, length=240, seed=3)
+
+
+@pytest.fixture(scope="module")
+def protocol(records):
+    return ev.prepare_protocol(records)  # no split column: assign_bioscan_splits
+
+
+def _one_hot(labels) -> np.ndarray:
+    classes, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    return np.eye(len(classes), dtype=np.float32)[codes]
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def test_accuracy_and_macro_f1_hand_computed():
+    assert ev.accuracy([1, 2, 3], [1, 2, 2]) == pytest.approx(200 / 3)
+    assert ev.accuracy(["a", "b"], ["a", "a"]) == pytest.approx(50.0)
+    # F1 per class: 1 -> 1, 2 -> P 1 R 1/2 = 2/3, 3 -> 0 (predicted, never true)
+    assert ev.macro_f1([1, 2, 3], [1, 2, 2]) == pytest.approx(100 * (1 + 2 / 3 + 0) / 3)
+    assert math.isnan(ev.accuracy([], []))
+
+
+def test_ami_and_harmonic_mean():
+    assert ev.adjusted_mutual_info([5, 5, 7, 7, 9, 9], ["x", "x", "y", "y", "z", "z"]) == pytest.approx(1.0)
+    assert ev.adjusted_mutual_info([0, 0, 0, 0], ["x", "x", "y", "y"]) == pytest.approx(0.0)
+    assert ev.harmonic_mean(80.0, 40.0) == pytest.approx(2 * 80 * 40 / 120)
+    assert ev.harmonic_mean(0.0, 0.0) == 0.0
+    assert ev.harmonic_mean(None, 50.0) is None
+    assert ev.harmonic_mean(float("nan"), 50.0) is None
+
+
+def test_effective_rank_and_mean_cosine():
+    assert ev.effective_rank(np.eye(8)) == pytest.approx(8.0)
+    rank_one = np.outer(np.arange(1, 11), np.ones(6))
+    assert ev.effective_rank(rank_one) == pytest.approx(1.0)
+    x = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    assert ev.mean_pairwise_cosine(x) == pytest.approx((0 + 2 * 2**-0.5) / 3)
+    assert ev.mean_pairwise_cosine(np.ones((5, 3))) == pytest.approx(1.0)
+
+
+def test_clustering_ami_perfect_clusters():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c", "d"], 10)
+    centres = {"a": [10, 0, 0], "b": [0, 10, 0], "c": [0, 0, 10], "d": [-10, -10, -10]}
+    emb = np.array([centres[label] for label in labels]) + rng.normal(scale=0.1, size=(40, 3))
+    assert ev.clustering_ami(emb, labels) == pytest.approx(1.0)
+    sub = ev.clustering_ami(emb, labels, max_rows=20)
+    assert sub == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------ nearest neighbours
+@pytest.mark.parametrize("k", [1, 3])
+def test_nearest_neighbors_chunked_equals_brute_force(k):
+    rng = np.random.default_rng(1)
+    queries, refs = rng.normal(size=(50, 8)), rng.normal(size=(301, 8))
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        refs / np.linalg.norm(refs, axis=1, keepdims=True)
+    ).T
+    expected = np.argsort(-sims, axis=1)[:, :k]
+    index = ev.CosineIndex(refs, reference_chunk=13)
+    got, got_sims = index.search(queries, k=k, chunk_size=7)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(got_sims, np.take_along_axis(sims, expected, axis=1), atol=1e-5)
+    default, _ = ev.nearest_neighbors(queries, refs, k=k)
+    np.testing.assert_array_equal(default, expected)
+
+
+def test_nearest_neighbor_ties_pick_lowest_index_across_chunks():
+    refs = np.ones((10, 3))
+    indices, _ = ev.CosineIndex(refs, reference_chunk=3).search(np.ones((4, 3)), k=1)
+    assert (indices == 0).all()
+
+
+def test_one_nn_perfect_and_constant_embeddings():
+    ref_genus = np.array(["A", "A", "B", "C", "C"])
+    query_genus = np.array(["C", "A", "B", "C"])
+    table = dict(zip("ABC", np.eye(3)))
+    as_emb = lambda labels: np.stack([table[g] for g in labels])  # noqa: E731
+    assert ev.genus_1nn_accuracy(as_emb(query_genus), query_genus, as_emb(ref_genus), ref_genus) == 100.0
+    # constant embeddings: every query ties with every reference and gets reference 0's genus ("A")
+    constant = ev.one_nn_accuracy(np.ones((4, 3)), query_genus, np.ones((5, 3)), ref_genus)
+    assert constant == pytest.approx(100 * np.mean(query_genus == "A"))
+
+
+def test_linear_probe_separable_and_exclusions():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=5, size=(4, 6))
+    y_train, y_test = np.repeat(list("abcd"), 20), np.array(list("abcd" * 3) + ["e", "e"])
+    x_train = centres[np.searchsorted(list("abcd"), y_train)] + rng.normal(size=(80, 6))
+    x_test = np.concatenate([centres[np.arange(12) % 4] + rng.normal(size=(12, 6)), rng.normal(size=(2, 6))])
+    result = ev.linear_probe(x_train, y_train, x_test, y_test)
+    assert result["accuracy"] == 100.0 and result["macro_f1"] == 100.0
+    assert (result["n_test"], result["n_test_excluded"], result["n_classes"]) == (12, 2, 4)
+
+
+# -------------------------------------------------------------------------------------------- protocol
+def test_deduplicate_partition_keeps_first_occurrence():
+    seqs, labels = ev.deduplicate_partition(["AC", "GT", "AC", "TT", "GT"], ["x", "y", "z", "w", "v"])
+    assert seqs == ["AC", "GT", "TT"] and labels == ["x", "y", "w"]
+
+
+def test_protocol_split_invariants(protocol):
+    train_species = {s for s in protocol.train.species if s}
+    train_genera = {g for g in protocol.train.genus if g}
+    unseen_species = {s for s in protocol.unseen.species if s}
+    assert unseen_species and not unseen_species & train_species
+    assert {g for g in protocol.unseen.genus if g} <= train_genera
+    assert {s for s in protocol.test.species if s} <= train_species
+    for partition in (protocol.train, protocol.test, protocol.unseen):
+        assert len(set(partition.sequences)) == len(partition)
+    assert "assign_bioscan_splits" in protocol.description
+
+
+def test_protocol_respects_split_column_dedup_and_missing_labels():
+    columns = ("processid", "dna_barcode", "genus", "species", "dna_bin", "split")
+    rows = [
+        dict(zip(columns, values))
+        for values in [
+            ("p1", "ACGT", "G", "G a", "B1", "train"),
+            ("p2", "ACGT", "G", "G a", "B1", "train"),
+            ("p3", "ACGA", "", "", "", "train"),
+            ("p4", "ACGT", "G", "G a", "B1", "val"),
+            ("p5", "TTTT", "G", "G b", "B2", "val_unseen"),
+            ("p6", "TTTA", None, "G c", None, "val_unseen"),
+        ]
+    ]
+    protocol = ev.prepare_protocol(rows, seen_split="val", unseen_split="val_unseen")
+    assert protocol.train.processids == ["p1", "p3"] and protocol.test.processids == ["p4"]
+    assert protocol.counts["train_duplicates_removed"] == 1
+    assert protocol.counts["train_without_genus"] == 1 and protocol.counts["val_unseen_without_genus"] == 1
+    assert protocol.unseen.bin == ["B2", None]
+    with pytest.raises(ValueError, match="is empty"):
+        ev.prepare_protocol(rows)
+
+
+# -------------------------------------------------------------------------------------------- end to end
+def _label_embedder(protocol, column):
+    """Embeds each barcode as the one-hot of its label (looked up by sequence): a perfect embedding."""
+    partitions = (protocol.train, protocol.test, protocol.unseen)
+    lookup = {s: lab for p in partitions for s, lab in zip(p.sequences, getattr(p, column))}
+    names = sorted({lab for lab in lookup.values() if lab})
+    calls = []
+
+    def embed(sequences, *, masking_rate=0.0, deletion_rate=0.0, seed=0):
+        calls.append((masking_rate, deletion_rate))
+        out = np.zeros((len(sequences), len(names) + 1), dtype=np.float32)
+        for row, seq in enumerate(sequences):
+            out[row, names.index(lookup[seq]) if lookup[seq] else len(names)] = 1.0
+        return out
+
+    return embed, calls
+
+
+def test_perfect_genus_embedding_scores_100(protocol):
+    embed, calls = _label_embedder(protocol, "genus")
+    result = ev.evaluate_embedder(embed, protocol, robustness_rates=(0.0, 0.5), probe=QUICK_PROBE)
+    assert set(ev.RESULT_KEYS) <= set(result)
+    assert result["genus_1nn_unseen_accuracy"] == 100.0
+    assert result["robustness"] == {"masking": {0.0: 100.0, 0.5: 100.0}, "deletion": {0.0: 100.0, 0.5: 100.0}}
+    assert (0.5, 0.0) in calls and (0.0, 0.5) in calls and len(calls) == 5
+    assert result["n_unseen"] == len(protocol.unseen)
+
+
+def test_perfect_species_embedding_scores_100_probe(protocol):
+    embed, _ = _label_embedder(protocol, "species")
+    result = ev.evaluate_embedder(embed, protocol, robustness_rates=None, probe=QUICK_PROBE)
+    assert result["species_linear_probe_accuracy"] == 100.0
+    assert result["species_1nn_test_accuracy"] == 100.0
+    assert result["species_ami"] == pytest.approx(1.0)
+    assert result["bin_ami"] == pytest.approx(1.0)  # one BIN per simulated species
+    assert "robustness" not in result
+
+
+def test_constant_embedding_scores_chance(protocol):
+    result = ev.evaluate_features(lambda seqs: np.ones((len(seqs), 4), dtype=np.float32), protocol, probe=QUICK_PROBE)
+    first_genus = next(g for g in protocol.train.genus if g)
+    unseen = [g for g in protocol.unseen.genus if g]
+    assert result["genus_1nn_unseen_accuracy"] == pytest.approx(100 * np.mean(np.array(unseen) == first_genus))
+    assert result["effective_rank"] == pytest.approx(1.0)
+    assert result["mean_pairwise_cosine"] == pytest.approx(1.0)
+
+
+def test_kmer_features_and_predictor_rows(protocol):
+    kmer = ev.evaluate_features(lambda seqs: kmer_count_features(seqs, 4), protocol, probe=QUICK_PROBE)
+    assert kmer["genus_1nn_unseen_accuracy"] > 50 and kmer["species_1nn_test_accuracy"] > 90
+    lookup = {}
+    for p in (protocol.train, protocol.test, protocol.unseen):
+        lookup.update(zip(p.sequences, zip(p.genus, p.species)))
+
+    def oracle(queries, refs, ref_labels):
+        column = 0 if ref_labels[0] in {g for g, _ in lookup.values()} else 1
+        return [lookup[q][column] for q in queries]
+
+    direct = ev.evaluate_predictor(oracle, protocol)
+    assert direct["genus_1nn_unseen_accuracy"] == 100.0 and direct["species_1nn_test_accuracy"] == 100.0
+    assert direct["species_linear_probe_accuracy"] is None and direct["harmonic_mean"] is None
+    table = ev.results_to_markdown(
+        {"k-mer 4": kmer, "oracle": direct, "vsearch": {"skipped": "vsearch not installed (apt-get install vsearch)"}}
+    )
+    lines = table.splitlines()
+    assert lines[0].startswith("| model |") and len(lines) == 5
+    assert "| oracle | – | – | 100.00 |" in table and "skipped: vsearch not installed" in table
+
+
+def test_markdown_robustness_table():
+    row = dict.fromkeys(ev.RESULT_KEYS)
+    row["robustness"] = {"masking": {0.0: 50.0, 0.1: 40.0}, "deletion": {0.0: 50.0, 0.1: 30.0}}
+    table = ev.results_to_markdown({"m": row})
+    assert "| m | masking | 50.00 | 40.00 |" in table and "| m | deletion | 50.00 | 30.00 |" in table
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _is_png(path) -> bool:
+    return path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_write_pngs(tmp_path, records):
+    curves = {
+        "mae": {"masking": {0.0: 60, 0.5: 40}, "deletion": {0.0: 60, 0.5: 30}},
+        "mlm": {"masking": {0.0: 50, 0.5: 45}, "deletion": {0.0: 50, 0.5: 35}},
+    }
+    assert _is_png(plot_robustness(curves, tmp_path / "robustness.png"))
+    genus = [r["genus"] for r in records]
+    emb = kmer_count_features([r["dna_barcode"] for r in records], 3)
+    by_model = {"a": (emb, genus), "b": (emb[:, ::-1], genus)}
+    assert _is_png(plot_tsne(by_model, tmp_path / "t.png", n_genera=3, max_iter=250))
+    history = [{"loss": 5.0 - i, "step": 10 * i} for i in range(4)] + [
+        {"eval_loss": 3.0, "eval_genus_1nn": 40.0, "eval_runtime": 1.0, "step": 20},
+        {"train_runtime": 9.0, "step": 30},
+    ]
+    assert _is_png(plot_training_curves(history, tmp_path / "sub" / "curves.png"))
+
+
+def test_underrepresented_genera_lower_half():
+    labels = ["big"] * 50 + ["mid"] * 20 + [f"g{i}" for i in range(6) for _ in range(5 + i)] + ["rare"] * 2
+    chosen = underrepresented_genera(labels, n_genera=3, seed=0)
+    assert len(chosen) == 3 and set(chosen) <= {f"g{i}" for i in range(6)}
+    assert chosen == underrepresented_genera(labels, n_genera=3, seed=0)
