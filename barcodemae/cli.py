@@ -1,0 +1,262 @@
+"""The ``barcodemae`` command: embed, identify, evaluate, export, card, push.
+
+Thin layer: parse the arguments, call ``barcodemae.identify`` / ``barcodemae.hub`` / ``barcodemae.evaluation``,
+report. Errors in the input or output (``DataError``, missing files, bad values) print one line
+``barcodemae: error: ...`` on stderr and exit with status 2, without a traceback; outputs are written atomically,
+so nothing half-written is left behind. Progress bars and cleaning reports go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from barcodemae import __version__
+from barcodemae.data import DataError
+
+EPILOG = "Inputs: FASTA (.fasta .fa .fas .fna .ffn) or BIOSCAN-style tables (.tsv .txt .csv), optionally .gz."
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _add_model_options(parser: argparse.ArgumentParser, default_help: str = "the shipped encoder") -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help=f"exported encoder folder (default: {default_help}; or $BARCODEMAE_MODEL)")
+    group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    group.add_argument("--batch-size", type=int, default=128, help="barcodes per forward pass (default: 128)")
+    group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")
+    group.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
+    group.add_argument("--chunk-size", type=int, default=4096, help="barcodes read and written per chunk")
+    group.add_argument("--strict", action="store_true", help="stop at the first record that would be skipped")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="barcodemae", description="BarcodeMAE DNA-barcode foundation models.")
+    parser.add_argument("--version", action="version", version=f"barcodemae {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = commands.add_parser("embed", help="barcodes → embeddings", epilog=EPILOG)
+    embed.add_argument("input", help="FASTA or BIOSCAN-style table")
+    embed.add_argument("-o", "--output", required=True, help="OUT.npy (+ OUT.ids.txt), OUT.parquet, OUT.safetensors")
+    _add_model_options(embed)
+    embed.set_defaults(handler=_embed)
+
+    identify = commands.add_parser("identify", help="nearest reference barcodes, species, novelty", epilog=EPILOG)
+    identify.add_argument("query", nargs="?", help="barcodes to identify (omit to only build --save-index)")
+    source = identify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reference", help="labelled table (genus, species, dna_barcode) or FASTA")
+    source.add_argument("--index", help="reference index folder written by --save-index")
+    identify.add_argument("-o", "--output", help="predictions .tsv")
+    identify.add_argument("--save-index", help="write the reference index folder (embeddings, ids, taxonomy)")
+    identify.add_argument("--top-k", type=int, default=5, help="neighbours listed per query (default: 5)")
+    identify.add_argument("--novel-threshold", type=float, help="similarity below which a query is a novel species")
+    _add_model_options(identify, "the index's model, else the shipped encoder")
+    identify.set_defaults(handler=_identify)
+
+    evaluate = commands.add_parser("evaluate", help="benchmark encoders (and baselines) on a labelled table")
+    evaluate.add_argument("--model", action="append", required=True, help="encoder folder (repeat for several)")
+    evaluate.add_argument("--data", required=True, help="BIOSCAN-style table with split column")
+    evaluate.add_argument("--output", required=True, help="output folder for results and plots")
+    evaluate.add_argument("--no-plots", action="store_true")
+    evaluate.add_argument("--baselines", default="", help="comma-separated: kmer,vsearch,random")
+    evaluate.add_argument("--unseen-split", default="test_unseen")
+    evaluate.add_argument("--seen-split", default="test")
+    evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser("export", help="pretraining checkpoint → encoder-only Hub folder + model card")
+    export.add_argument("checkpoint", help="checkpoint folder, or a run folder with checkpoint-N sub-folders")
+    export.add_argument("out", help="new folder to write")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    _add_card_options(export)
+    export.set_defaults(handler=_export)
+
+    card = commands.add_parser("card", help="(re)write README.md (model card) in an exported folder")
+    card.add_argument("folder")
+    _add_card_options(card)
+    card.set_defaults(handler=_card)
+
+    push = commands.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
+    push.add_argument("folder")
+    push.add_argument("repo_id", help="namespace/name")
+    push.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
+    push.add_argument("--dry-run", action="store_true", help="check and list the files, upload nothing")
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    push.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    push.add_argument("--commit-message", default="Upload BarcodeMAE encoder")
+    push.set_defaults(handler=_push)
+    return parser
+
+
+def _add_card_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", help="evaluation results JSON (fills the model-index metadata)")
+    parser.add_argument("--results-key", help="which model's entry of the results JSON")
+    parser.add_argument("--model-name", help="model name in the card (default: the folder name)")
+    parser.add_argument("--repo-id", help="Hub repo id shown in the usage example")
+
+
+# ------------------------------------------------------------------------------------------- handlers
+def _embedder(args: argparse.Namespace, model_path: str):
+    import torch
+
+    from barcodemae.embedding import Embedder, load_encoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1 or args.chunk_size < 1:
+        raise ValueError("--batch-size and --chunk-size must be at least 1")
+    model, tokenizer = load_encoder(model_path, args.device)
+    return Embedder(model, tokenizer, batch_size=args.batch_size, precision=args.precision)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from barcodemae.embedding import default_model_path
+    from barcodemae.identify import check_embedding_output, check_input, embed_file, print_report
+
+    check_input(args.input)
+    check_embedding_output(args.output)
+    embedder = _embedder(args, args.model or default_model_path())
+    report = embed_file(
+        args.input, args.output, embedder, strict=args.strict, chunk_size=args.chunk_size, progress=not args.quiet
+    )
+    print_report(args.input, report, sys.stderr)
+    print(f"wrote {report.n_kept} embeddings ({embedder.hidden_size} dimensions) to {args.output}", file=sys.stderr)
+
+
+def _identify(args: argparse.Namespace) -> None:
+    from barcodemae.embedding import default_model_path
+    from barcodemae.identify import ReferenceIndex, build_index, check_input, identify_file, print_report
+    from barcodemae.io import check_output_path
+
+    if args.query is None and not args.save_index:
+        raise ValueError("give a QUERY file (with -o OUT.tsv), or --save-index to only build the index")
+    if args.query is not None:
+        if not args.output:
+            raise ValueError("-o/--output OUT.tsv is required with a QUERY file")
+        check_input(args.query)
+        check_output_path(args.output, (".tsv", ".txt"))
+    if args.index and args.save_index:
+        raise ValueError("--save-index needs --reference (an --index is already saved)")
+    index = ReferenceIndex.load(args.index) if args.index else None
+    if index is not None and args.model and Path(args.model).resolve() != Path(index.model).resolve():
+        raise ValueError(f"{args.index} was built with the model {index.model}, not {args.model}")
+    model_path = args.model or (index.model if index is not None else default_model_path())
+    if index is None:
+        check_input(args.reference)
+    if args.save_index:
+        ReferenceIndex.check_target(args.save_index)
+    embedder = _embedder(args, model_path)
+    if index is None:
+        index, report = build_index(
+            args.reference,
+            embedder,
+            str(Path(model_path).resolve()),
+            threshold=args.novel_threshold,
+            strict=args.strict,
+            chunk_size=args.chunk_size,
+            progress=not args.quiet,
+        )
+        print_report(f"reference {args.reference}", report, sys.stderr)
+        if args.save_index:
+            index.save(args.save_index)
+            print(f"wrote the reference index ({len(index.ids)} barcodes) to {args.save_index}", file=sys.stderr)
+    elif args.novel_threshold is not None:
+        index.threshold, index.calibration = args.novel_threshold, {"rule": "given"}
+    how = index.calibration.get("rule", "given")
+    print(f"novel-species threshold: {index.threshold:.6f} ({how})", file=sys.stderr)
+    if args.query is not None:
+        report = identify_file(
+            args.query,
+            args.output,
+            index,
+            embedder,
+            top_k=args.top_k,
+            strict=args.strict,
+            chunk_size=args.chunk_size,
+            progress=not args.quiet,
+        )
+        print_report(f"query {args.query}", report, sys.stderr)
+        print(f"wrote {report.n_kept} predictions to {args.output}", file=sys.stderr)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    try:
+        from barcodemae.evaluation import run_evaluation
+    except ImportError as error:
+        raise ValueError(f"evaluation is not available: {error}") from error
+
+    run_evaluation(
+        models=args.model,
+        data=args.data,
+        output=args.output,
+        plots=not args.no_plots,
+        baselines=[name.strip() for name in args.baselines.split(",") if name.strip()],
+        unseen_split=args.unseen_split,
+        seen_split=args.seen_split,
+    )
+
+
+def _card_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "results": args.results,
+        "results_key": args.results_key,
+        "model_name": args.model_name,
+        "repo_id": args.repo_id,
+    }
+
+
+def _export(args: argparse.Namespace) -> None:
+    from barcodemae.hub import check_loadable, export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite, **_card_kwargs(args))
+    print(f"wrote {out} (loads as {check_loadable(out)})", file=sys.stderr)
+
+
+def _card(args: argparse.Namespace) -> None:
+    from barcodemae.hub import write_model_card
+
+    print(f"wrote {write_model_card(args.folder, **_card_kwargs(args))}", file=sys.stderr)
+
+
+def _push(args: argparse.Namespace) -> None:
+    from barcodemae.hub import check_loadable, push_folder, upload_plan
+
+    loads_as = check_loadable(args.folder)
+    plan = upload_plan(args.folder)
+    for item in plan:
+        print(f"{item.size:>12d}  {item.path_in_repo}")
+    print(f"{sum(item.size for item in plan):>12d}  total, {len(plan)} files; loads as {loads_as}")
+    if not any(item.path_in_repo == "README.md" for item in plan):
+        print("warning: no README.md (model card); write one with `barcodemae card FOLDER`", file=sys.stderr)
+    if args.dry_run:
+        print(f"dry run: nothing uploaded to {args.repo_id}", file=sys.stderr)
+        return
+    url = push_folder(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        endpoint=args.endpoint,
+        commit_message=args.commit_message,
+    )
+    print(f"uploaded {len(plan)} files to {args.repo_id}: {url}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 2 error in input/output or usage, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (DataError, OSError, ValueError) as error:
+        print(f"barcodemae: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("barcodemae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

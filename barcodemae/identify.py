@@ -1,0 +1,362 @@
+"""Daily use: embed a barcode file, and identify query barcodes against a labelled reference.
+
+Both read FASTA or BIOSCAN-style tables with :func:`barcodemae.data.iter_barcodes` (same cleaning rules and
+errors), cleaning to the model's own limits (k-mer length and the longest barcode its tokenizer reads), and embed
+in chunks, so inputs larger than memory work.
+
+**Identification** (:func:`identify_file`): each query's ``top_k`` nearest reference barcodes by cosine
+similarity of the mean-pooled embeddings. The predicted genus and species are those of the nearest reference
+(``neighbor_1``; empty when that reference has no such label), ``similarity`` is its cosine similarity, and
+``novel_species`` is ``similarity < threshold``: the query is probably from a species absent from the reference.
+
+**Novel-species threshold** (:func:`calibrate_threshold`), unless given explicitly: calibrated on the reference
+itself by leave-one-out. For up to ``max_queries`` reference barcodes (random, seed 0) whose species has at least
+two reference barcodes, ``known`` = similarity of the nearest *other* reference barcode of the same species (what
+a query of a known species sees) and ``novel`` = similarity of the nearest reference barcode of a *different*
+species (what it would see had its species been left out of the reference). The threshold is the value that best
+separates the two, i.e. maximises the balanced accuracy ``(P(novel < t) + P(known >= t)) / 2``; among equally good
+values the lowest midpoint between two observed similarities is taken. References without a species label take
+no part in the calibration (they are still searched).
+
+A reference **index** (:class:`ReferenceIndex`) is a folder with ``embeddings.safetensors`` (tensor
+``"embeddings"``, ``(R, hidden)`` float32) and ``index.json`` (format, model path, reference file, ids, genus and
+species per row, the threshold and how it was calibrated), so a large reference is embedded once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from barcodemae.data import BarcodeRecord, CleaningReport, detect_format, iter_barcodes
+from barcodemae.embedding import Embedder
+from barcodemae.evaluation import CosineIndex
+from barcodemae.io import atomic_folder, atomic_text, check_output_path, embedding_outputs, open_embeddings
+
+INDEX_FORMAT = "barcodemae-reference-index"
+INDEX_FILE = "index.json"
+INDEX_EMBEDDINGS = "embeddings.safetensors"
+DEFAULT_CHUNK = 4096
+
+
+# ------------------------------------------------------------------------------------------- reading
+def model_limits(embedder: Embedder) -> tuple[int, int]:
+    """``(max_length in bases, k_mer)`` the model's tokenizer reads; records are cleaned to these."""
+    tokenizer, config = embedder.tokenizer, embedder.model.config
+    k_mer = int(getattr(tokenizer, "k_mer", None) or getattr(config, "k_mer", 1))
+    max_length = int(tokenizer.model_max_length) * k_mer
+    return min(max_length, int(getattr(config, "max_length", max_length))), k_mer
+
+
+def check_input(path: str | os.PathLike) -> Path:
+    """A readable barcode file with a known suffix (checked before the model is loaded)."""
+    path = Path(path)
+    detect_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: input file not found")
+    return path
+
+
+def iter_records(
+    path: str | os.PathLike, embedder: Embedder, report: CleaningReport, strict: bool = False
+) -> Iterator[BarcodeRecord]:
+    """Cleaned records of ``path`` for ``embedder``'s model; with ``strict`` any skip raises ``DataError``."""
+    max_length, k_mer = model_limits(embedder)
+    return iter_barcodes(path, max_length, k_mer, report, on_invalid="raise" if strict else "skip")
+
+
+def embed_chunks(
+    records: Iterable[BarcodeRecord], embedder: Embedder, chunk_size: int = DEFAULT_CHUNK, progress: bool = True
+) -> Iterator[tuple[list[BarcodeRecord], np.ndarray]]:
+    """``(records, (n, hidden) embeddings)`` per chunk of at most ``chunk_size`` records, in input order."""
+    bar = tqdm(disable=not progress, desc="embedding", unit=" barcodes", dynamic_ncols=True)
+    chunk: list[BarcodeRecord] = []
+    try:
+        for record in records:
+            chunk.append(record)
+            if len(chunk) == chunk_size:
+                yield chunk, embedder([r.sequence for r in chunk])
+                bar.update(len(chunk))
+                chunk = []
+        if chunk:
+            yield chunk, embedder([r.sequence for r in chunk])
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------- embed
+def embed_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    embedder: Embedder,
+    *,
+    strict: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> CleaningReport:
+    """Embed every kept record of ``input_path`` into ``output_path`` (format by suffix, see ``barcodemae.io``)."""
+    report = CleaningReport()
+    with open_embeddings(output_path, embedder.hidden_size) as writer:
+        for chunk, embeddings in embed_chunks(
+            iter_records(input_path, embedder, report, strict), embedder, chunk_size, progress
+        ):
+            writer.write([record.record_id for record in chunk], embeddings)
+    return report
+
+
+def check_embedding_output(path: str | os.PathLike) -> None:
+    for output in embedding_outputs(path):
+        check_output_path(output)
+
+
+# ------------------------------------------------------------------------------------------- threshold
+def calibrate_threshold(
+    embeddings: np.ndarray, species: list[str], max_queries: int = 2000, seed: int = 0, reference_chunk: int = 8192
+) -> tuple[float, dict[str, Any]]:
+    """Leave-one-out novel-species threshold on a labelled reference (rule in the module docstring)."""
+    labelled = np.array([i for i, name in enumerate(species) if name], dtype=np.int64)
+    names, codes = np.unique(np.asarray(species, dtype=object)[labelled].astype(str), return_inverse=True)
+    counts = np.bincount(codes, minlength=len(names))
+    eligible = np.flatnonzero(counts[codes] >= 2)
+    if len(names) < 2 or len(eligible) == 0:
+        raise ValueError(
+            "cannot calibrate the novel-species threshold: the reference needs at least two species and one species "
+            "with two or more barcodes; pass --novel-threshold"
+        )
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(eligible, size=min(max_queries, len(eligible)), replace=False))
+    known, novel = _same_and_other_species(embeddings[labelled], codes, chosen, reference_chunk)
+    threshold, balanced = _best_split(known, novel)
+    details = {
+        "rule": "leave-one-out on the reference: maximise balanced accuracy between same-species and "
+        "other-species nearest-neighbour similarities",
+        "n_queries": len(chosen),
+        "n_species": len(names),
+        "balanced_accuracy": balanced,
+        "known_median": float(np.median(known)),
+        "novel_median": float(np.median(novel)),
+    }
+    return threshold, details
+
+
+def _same_and_other_species(
+    embeddings: np.ndarray, codes: np.ndarray, chosen: np.ndarray, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    normalised = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    queries = normalised[chosen]
+    same = np.full(len(chosen), -np.inf, dtype=np.float32)
+    other = np.full(len(chosen), -np.inf, dtype=np.float32)
+    for start in range(0, len(normalised), chunk):
+        sims = queries @ normalised[start : start + chunk].T
+        columns = np.arange(start, start + sims.shape[1])
+        sims[columns[None, :] == chosen[:, None]] = -np.inf  # leave the query itself out
+        is_same = codes[chosen][:, None] == codes[start : start + chunk][None, :]
+        same = np.maximum(same, np.where(is_same, sims, -np.inf).max(axis=1))
+        other = np.maximum(other, np.where(is_same, -np.inf, sims).max(axis=1))
+    return same, other
+
+
+def _best_split(known: np.ndarray, novel: np.ndarray) -> tuple[float, float]:
+    """The threshold ``t`` maximising ``(P(novel < t) + P(known >= t)) / 2``, and that balanced accuracy."""
+    values = np.unique(np.concatenate([known, novel]).astype(np.float64))
+    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    novel_below = np.searchsorted(np.sort(novel), candidates, side="left") / len(novel)
+    known_above = 1.0 - np.searchsorted(np.sort(known), candidates, side="left") / len(known)
+    balanced = (novel_below + known_above) / 2
+    best = int(np.argmax(balanced))
+    return float(candidates[best]), float(balanced[best])
+
+
+# ------------------------------------------------------------------------------------------- index
+@dataclass
+class ReferenceIndex:
+    """Reference embeddings with their ids, labels and the novel-species threshold."""
+
+    embeddings: np.ndarray
+    ids: list[str]
+    genus: list[str]
+    species: list[str]
+    model: str
+    threshold: float
+    calibration: dict[str, Any] = field(default_factory=dict)
+    reference_file: str = ""
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index folder atomically (an existing index folder at ``path`` is replaced)."""
+        from safetensors.numpy import save_file
+
+        meta = {
+            "format": INDEX_FORMAT,
+            "version": 1,
+            "model": self.model,
+            "reference_file": self.reference_file,
+            "hidden_size": int(self.embeddings.shape[1]),
+            "novel_threshold": self.threshold,
+            "calibration": self.calibration,
+            "ids": self.ids,
+            "genus": self.genus,
+            "species": self.species,
+        }
+        with atomic_folder(path, replace=lambda old: (old / INDEX_FILE).is_file()) as folder:
+            save_file({"embeddings": np.ascontiguousarray(self.embeddings, np.float32)}, str(folder / INDEX_EMBEDDINGS))
+            (folder / INDEX_FILE).write_text(json.dumps(meta), encoding="utf-8")
+        return Path(path)
+
+    @staticmethod
+    def check_target(path: str | os.PathLike) -> None:
+        """Refuse early a ``--save-index`` path that is something other than an earlier index folder."""
+        path = Path(path)
+        if path.exists() and not (path / INDEX_FILE).is_file():
+            raise FileExistsError(f"{path} already exists and is not a reference index folder")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"{path}: folder {str(path.parent)!r} does not exist")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ReferenceIndex:
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        if not (path / INDEX_FILE).is_file() or not (path / INDEX_EMBEDDINGS).is_file():
+            raise FileNotFoundError(f"{path}: not a reference index folder (needs {INDEX_FILE} and {INDEX_EMBEDDINGS})")
+        meta = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))
+        if meta.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{path / INDEX_FILE}: not a {INDEX_FORMAT} file")
+        return cls(
+            embeddings=load_file(str(path / INDEX_EMBEDDINGS))["embeddings"],
+            ids=meta["ids"],
+            genus=meta["genus"],
+            species=meta["species"],
+            model=meta["model"],
+            threshold=float(meta["novel_threshold"]),
+            calibration=meta.get("calibration", {}),
+            reference_file=meta.get("reference_file", ""),
+        )
+
+
+def build_index(
+    reference_path: str | os.PathLike,
+    embedder: Embedder,
+    model_path: str,
+    *,
+    threshold: float | None = None,
+    strict: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> tuple[ReferenceIndex, CleaningReport]:
+    """Embed a labelled reference table (or FASTA) and calibrate the threshold unless one is given."""
+    report = CleaningReport()
+    ids: list[str] = []
+    genus: list[str] = []
+    species: list[str] = []
+    parts: list[np.ndarray] = []
+    records = iter_records(reference_path, embedder, report, strict)
+    for chunk, embeddings in embed_chunks(records, embedder, chunk_size, progress):
+        ids += [record.record_id for record in chunk]
+        genus += [record.metadata.get("genus", "") for record in chunk]
+        species += [record.metadata.get("species", "") for record in chunk]
+        parts.append(embeddings)
+    if not parts:
+        raise ValueError(f"{reference_path}: no usable reference barcode\n{report.summary()}")
+    embeddings = np.concatenate(parts)
+    calibration: dict[str, Any] = {"rule": "given"}
+    if threshold is None:
+        threshold, calibration = calibrate_threshold(embeddings, species)
+    index = ReferenceIndex(embeddings, ids, genus, species, str(model_path), float(threshold), calibration)
+    index.reference_file = str(reference_path)
+    return index, report
+
+
+# ------------------------------------------------------------------------------------------- identify
+def prediction_columns(top_k: int) -> list[str]:
+    columns = ["query_id", "predicted_genus", "predicted_species", "similarity", "novel_species"]
+    for rank in range(1, top_k + 1):
+        columns += [f"neighbor_{rank}_{name}" for name in ("id", "species", "genus", "similarity")]
+    return columns
+
+
+def identify_file(
+    query_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    index: ReferenceIndex,
+    embedder: Embedder,
+    *,
+    top_k: int = 5,
+    strict: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> CleaningReport:
+    """Write one TSV row per kept query (columns: :func:`prediction_columns`), atomically."""
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, not {top_k}")
+    if index.embeddings.shape[1] != embedder.hidden_size:
+        raise ValueError(
+            f"the index holds {index.embeddings.shape[1]}-dimensional embeddings but the model gives "
+            f"{embedder.hidden_size}; rebuild the index with this model"
+        )
+    top_k = min(top_k, len(index.ids))
+    search = CosineIndex(index.embeddings)
+    report = CleaningReport()
+    with atomic_text(output_path) as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(prediction_columns(top_k))
+        records = iter_records(query_path, embedder, report, strict)
+        for chunk, embeddings in embed_chunks(records, embedder, chunk_size, progress):
+            neighbours, similarities = search.search(embeddings, k=top_k)
+            _write_predictions(writer, chunk, neighbours, similarities, index)
+    return report
+
+
+def _write_predictions(writer, chunk: list[BarcodeRecord], neighbours, similarities, index: ReferenceIndex) -> None:
+    for record, row_neighbours, row_similarities in zip(chunk, neighbours, similarities):
+        best = int(row_neighbours[0])
+        similarity = float(row_similarities[0])
+        row = [
+            record.record_id,
+            index.genus[best],
+            index.species[best],
+            f"{similarity:.6f}",
+            "true" if similarity < index.threshold else "false",
+        ]
+        for neighbour, neighbour_similarity in zip(row_neighbours, row_similarities):
+            neighbour = int(neighbour)
+            row += [
+                index.ids[neighbour],
+                index.species[neighbour],
+                index.genus[neighbour],
+                f"{neighbour_similarity:.6f}",
+            ]
+        writer.writerow(row)
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of an identification TSV as dicts (for tests and scripts)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def print_report(name: str, report: CleaningReport, stream: TextIO) -> None:
+    print(f"{name}: {report.summary()}", file=stream)
+
+
+__all__ = [
+    "ReferenceIndex",
+    "build_index",
+    "calibrate_threshold",
+    "check_embedding_output",
+    "check_input",
+    "embed_chunks",
+    "embed_file",
+    "identify_file",
+    "model_limits",
+    "prediction_columns",
+    "read_predictions",
+]

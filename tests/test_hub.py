@@ -1,0 +1,154 @@
+"""`barcodemae export / card / push`: encoder-only folder with a model card, and an upload to a local stand-in
+for the Hub (the endpoints `create_repo` and `upload_folder` use, files small enough to go inline)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import yaml
+from cli_helpers import export_tiny_encoder, files_in, run, tiny_pretraining_model
+from safetensors import safe_open
+
+RESULTS = {
+    "barcodemae-tiny": {
+        "species_linear_probe_accuracy": 91.25,
+        "genus_1nn_unseen_accuracy": 70.5,
+        "harmonic_mean": 79.5,
+    },
+    "other": {"species_linear_probe_accuracy": 10.0},
+}
+
+
+def _metadata(readme: Path) -> dict:
+    return yaml.safe_load(readme.read_text().split("---")[1])
+
+
+def test_export_from_run_folder_writes_encoder_and_card(tmp_path, capsys):
+    model, tokenizer = tiny_pretraining_model()
+    run_dir = tmp_path / "run"
+    for step in (2, 10):  # the highest checkpoint is exported
+        model.save_pretrained(run_dir / f"checkpoint-{step}")
+        tokenizer.save_pretrained(run_dir / f"checkpoint-{step}")
+        (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(RESULTS))
+    out = tmp_path / "barcodemae-tiny"
+    code, _, err = run(capsys, "export", run_dir, out, "--results", results)
+    assert code == 0, err
+    assert "loads as BarcodeMAEModel + BarcodeMAETokenizer" in err
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        assert not any(key.startswith(("decoder", "lm_head")) for key in weights.keys())  # noqa: SIM118
+    readme = (out / "README.md").read_text()
+    assert "step 10" in readme and "arXiv:2502.18405" in readme and "trust_remote_code=True" in readme
+    assert "non-overlapping 4-mers" in readme and 'pipeline("feature-extraction"' in readme
+    metadata = _metadata(out / "README.md")
+    assert metadata["pipeline_tag"] == "feature-extraction" and metadata["library_name"] == "transformers"
+    metrics = {m["name"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["Species linear probe accuracy (seen species, test)"] == 91.25
+    assert len(metadata["model-index"][0]["results"]) + len(metrics) >= 3
+
+    code, _, err = run(capsys, "export", run_dir, out)  # an existing folder is not replaced without --overwrite
+    assert code == 2 and "already exists" in err
+    code, _, err = run(capsys, "card", out, "--results", results, "--results-key", "other", "--model-name", "x")
+    assert code == 0, err
+    assert "# x" in (out / "README.md").read_text()
+    assert not [name for name in files_in(tmp_path) if name.endswith(".tmp")]
+
+
+def test_export_refuses_an_encoder_folder(tmp_path, capsys):
+    encoder = export_tiny_encoder(tmp_path / "encoder")
+    code, _, err = run(capsys, "export", encoder, tmp_path / "out")
+    assert code == 2 and "not a BarcodeMAEForPreTraining checkpoint" in err
+    assert files_in(tmp_path) == ["encoder"]
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """Answers repo creation, README validation, preupload (everything 'regular') and the NDJSON commit."""
+
+    repos: dict[str, dict[str, bytes]] = {}
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, body: dict, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = self.path.split("?")[0]
+        if path == "/api/repos/create":
+            request = json.loads(body)
+            repo_id = f"{request['organization']}/{request['name']}"
+            self.repos.setdefault(repo_id, {})
+            return self._reply({"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id})
+        if path == "/api/validate-yaml":
+            return self._reply({})
+        parts = path.split("/")  # /api/models/{org}/{name}/{preupload|commit}/{revision}
+        repo_id, action = f"{parts[3]}/{parts[4]}", parts[5]
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            return self._reply(
+                {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
+        if action == "commit":
+            for line in body.decode().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    self.repos[repo_id][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            url = f"http://{self.headers['Host']}/{repo_id}/commit/{'a' * 40}"
+            return self._reply({"commitUrl": url, "commitOid": "a" * 40})
+        return self._reply({"error": "unknown endpoint"}, status=404)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeHub.repos = {}
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_push_dry_run_and_upload(tmp_path, capsys, fake_hub):
+    folder = export_tiny_encoder(tmp_path / "encoder")
+    code, _, err = run(capsys, "card", folder)
+    assert code == 0, err
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"cache")
+    expected = sorted(p.name for p in folder.iterdir() if p.is_file())
+
+    code, out, err = run(capsys, "push", folder, "user/tiny", "--dry-run", "--endpoint", fake_hub)
+    assert code == 0, err
+    listed = [line.split()[1] for line in out.splitlines()[:-1]]
+    assert listed == expected and "loads as BarcodeMAEModel + BarcodeMAETokenizer" in out
+    assert f"{(folder / 'config.json').stat().st_size}  config.json" in out
+    assert FakeHub.repos == {}  # nothing was sent
+
+    code, out, err = run(capsys, "push", folder, "user/tiny", "--endpoint", fake_hub, "--token", "hf_test")
+    assert code == 0, err
+    assert sorted(FakeHub.repos["user/tiny"]) == expected
+    for name in expected:
+        assert FakeHub.repos["user/tiny"][name] == (folder / name).read_bytes()
+
+
+def test_push_refuses_a_folder_that_does_not_load(tmp_path, capsys, fake_hub):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    code, _, err = run(capsys, "push", folder, "user/tiny", "--endpoint", fake_hub)
+    assert code == 2 and "missing model.safetensors, tokenizer_config.json" in err
+    assert FakeHub.repos == {}

@@ -1,0 +1,100 @@
+"""`barcodemae identify`: nearest references, species prediction, novel-species flag, saved index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import export_tiny_encoder, files_in, run
+
+from barcodemae.identify import ReferenceIndex, calibrate_threshold, read_predictions
+from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    return export_tiny_encoder(tmp_path_factory.mktemp("model") / "tiny-encoder")
+
+
+@pytest.fixture(scope="module")
+def split_records() -> dict[str, list[dict]]:
+    """Reference (4 specimens of 11 species), queries: one new specimen of each of those species, an exact copy
+    of a reference barcode under a new id, and 5 specimens of a 12th species absent from the reference."""
+    records = simulate_barcodes(1, 2, 2, 3, 5, length=200, seed=1)
+    held_out = records[-1]["species"]
+    reference = [r for i, r in enumerate(records) if r["species"] != held_out and i % 5 != 4]
+    known = [r for i, r in enumerate(records) if r["species"] != held_out and i % 5 == 4]
+    novel = [r for r in records if r["species"] == held_out]
+    copy = {**reference[3], "processid": "COPY"}
+    return {"reference": reference, "known": known, "novel": novel, "queries": [copy, *known, *novel]}
+
+
+def test_identify_ranks_own_species_and_flags_novel(tmp_path, capsys, tiny_encoder, split_records):
+    reference = write_tsv(split_records["reference"], tmp_path / "reference.tsv")
+    queries = write_fasta(split_records["queries"], tmp_path / "queries.fasta")
+    out, index_dir = tmp_path / "predictions.tsv", tmp_path / "index"
+    args = ["identify", queries, "--reference", reference, "-o", out, "--model", tiny_encoder, "--quiet"]
+    code, _, err = run(capsys, *args, "--save-index", index_dir, "--top-k", 3)
+    assert code == 0, err
+    assert "novel-species threshold" in err and "leave-one-out" in err
+    rows = read_predictions(out)
+    assert list(rows[0])[:5] == ["query_id", "predicted_genus", "predicted_species", "similarity", "novel_species"]
+    assert list(rows[0])[-4:] == ["neighbor_3_id", "neighbor_3_species", "neighbor_3_genus", "neighbor_3_similarity"]
+    by_id = {row["query_id"]: row for row in rows}
+    assert [row["query_id"] for row in rows] == [r["processid"] for r in split_records["queries"]]
+
+    copy = by_id["COPY"]  # an exact copy of a reference barcode: that reference first, similarity 1
+    assert copy["neighbor_1_id"] == split_records["reference"][3]["processid"]
+    assert float(copy["similarity"]) > 0.9999 and copy["novel_species"] == "false"
+    for record in split_records["known"]:  # a new specimen of a reference species
+        row = by_id[record["processid"]]
+        assert (row["predicted_species"], row["predicted_genus"]) == (record["species"], record["genus"])
+        assert row["neighbor_1_species"] == record["species"] and row["novel_species"] == "false"
+    for record in split_records["novel"]:  # a species absent from the reference
+        row = by_id[record["processid"]]
+        assert row["predicted_species"] != record["species"] and row["novel_species"] == "true"
+
+    index = ReferenceIndex.load(index_dir)
+    assert index.ids == [r["processid"] for r in split_records["reference"]]
+    assert index.species == [r["species"] for r in split_records["reference"]]
+    assert index.embeddings.shape == (len(index.ids), 32) and index.calibration["balanced_accuracy"] == 1.0
+
+    reused = tmp_path / "again.tsv"  # the saved index gives the same predictions; a given threshold overrides
+    code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", reused, "--quiet", "--top-k", 3)
+    assert code == 0, err
+    assert read_predictions(reused) == rows
+    code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", reused, "--novel-threshold", -1)
+    assert code == 0, err
+    assert {row["novel_species"] for row in read_predictions(reused)} == {"false"}
+
+
+def test_index_built_with_another_model_is_refused(tmp_path, capsys, tiny_encoder, split_records):
+    reference = write_tsv(split_records["reference"][:8], tmp_path / "reference.tsv")
+    index_dir = tmp_path / "index"
+    args = ["identify", "--reference", reference, "--save-index", index_dir, "--model", tiny_encoder, "--quiet"]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    queries = write_fasta(split_records["known"][:2], tmp_path / "q.fasta")
+    code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", tmp_path / "p.tsv", "--model", tmp_path)
+    assert code == 2 and "was built with the model" in err
+    code, _, err = run(capsys, "identify", "--reference", reference, "--save-index", queries, "--model", tiny_encoder)
+    assert code == 2 and "is not a reference index folder" in err
+    assert files_in(tmp_path) == ["index", "q.fasta", "reference.tsv"]
+
+
+def test_calibrated_threshold_separates_same_and_other_species():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    embeddings = np.repeat(centres, 5, axis=0) + 0.05 * rng.normal(size=(20, 16))
+    species = [f"s{i // 5}" for i in range(20)]
+    threshold, details = calibrate_threshold(embeddings, species)
+    assert details["balanced_accuracy"] == 1.0
+    assert details["novel_median"] < threshold < details["known_median"]
+
+
+def test_calibration_needs_two_species_and_a_repeated_one():
+    with pytest.raises(ValueError, match="--novel-threshold"):
+        calibrate_threshold(np.eye(3), ["a", "a", "a"])
+    with pytest.raises(ValueError, match="--novel-threshold"):
+        calibrate_threshold(np.eye(3), ["a", "b", "c"])
