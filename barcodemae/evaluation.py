@@ -18,6 +18,7 @@ Rows lacking the label a task needs are excluded from that task and counted in `
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -643,3 +644,99 @@ def _robustness_table(curves: dict[str, dict[str, dict[float, float]]]) -> str:
         for kind, values in curve.items():
             lines.append(f"| {name} | {kind} | " + " | ".join(_cell(values.get(r), 2) for r in rates) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- end-to-end runner
+BASELINES = ("random", "kmer", "vsearch")
+KMER_SIZES = (4, 5, 6)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _load_records(data: str | Path) -> tuple[list[dict], dict[str, Any]]:
+    """Cleaned records (``barcodemae.data`` rules: 660 nt, trailing N stripped...) and the cleaning summary."""
+    from barcodemae.data import read_barcodes
+
+    raw, report = read_barcodes(data)
+    columns = ("genus", "species", "dna_bin", "split")
+    records = [
+        {"processid": r.record_id, "dna_barcode": r.sequence, **{c: r.metadata.get(c) for c in columns}} for r in raw
+    ]
+    return records, {"n_records": report.n_records, "n_kept": report.n_kept, "skipped": dict(report.skipped)}
+
+
+def _baseline_rows(names: Sequence[str], protocol: Protocol, first_model: str, rates, seed: int) -> dict[str, dict]:
+    from barcodemae.baselines import ToolNotFound, kmer_count_features, vsearch_genus_1nn
+
+    rows: dict[str, dict] = {}
+    if "random" in names:
+        from barcodemae.embedding import Embedder, load_encoder
+
+        model, tokenizer = load_encoder(first_model)
+        torch.manual_seed(seed)
+        random_model = type(model)(model.config).to(model.device).eval()
+        rows["random init"] = evaluate_embedder(Embedder(random_model, tokenizer), protocol, robustness_rates=rates)
+    if "kmer" in names:
+        for k in KMER_SIZES:
+            rows[f"k-mer {k} counts"] = evaluate_features(lambda s, k=k: kmer_count_features(s, k), protocol, seed=seed)
+    if "vsearch" in names:
+        try:
+            rows["vsearch top hit"] = evaluate_predictor(vsearch_genus_1nn, protocol)
+        except ToolNotFound as error:
+            rows["vsearch top hit"] = {"skipped": str(error)}
+    return rows
+
+
+def run_evaluation(
+    models: Sequence[str],
+    data: str | Path,
+    output: str | Path,
+    *,
+    plots: bool = True,
+    baselines: Sequence[str] = (),
+    unseen_split: str = "test_unseen",
+    seen_split: str = "test",
+    robustness_rates: Sequence[float] | None = DEFAULT_ROBUSTNESS_RATES,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Evaluate encoder folders (and baselines: ``random`` init of the first model, ``kmer`` 4/5/6, ``vsearch``)
+    on a labelled table; writes ``results.json``, ``results.md`` and, with ``plots``, ``robustness.png`` and
+    ``tsne.png`` (under-represented genera of the unseen partition) into ``output``. Returns the results."""
+    from barcodemae.embedding import Embedder
+    from barcodemae.plots import plot_robustness, plot_tsne, underrepresented_genera
+
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    records, cleaning = _load_records(data)
+    protocol = prepare_protocol(records, seen_split=seen_split, unseen_split=unseen_split, seed=seed)
+    genera = set(underrepresented_genera(protocol.unseen.genus, seed=seed))
+    tsne_rows = [i for i, g in enumerate(protocol.unseen.genus) if g in genera]
+    tsne_seqs = [protocol.unseen.sequences[i] for i in tsne_rows]
+    tsne_labels = [protocol.unseen.genus[i] for i in tsne_rows]
+    results: dict[str, dict] = {}
+    tsne_inputs: dict[str, tuple[np.ndarray, list]] = {}
+    for path in models:
+        name = Path(path).name if Path(path).name not in results else str(path)
+        embedder = Embedder.from_pretrained(path)
+        results[name] = evaluate_embedder(embedder, protocol, robustness_rates=robustness_rates, seed=seed)
+        if tsne_seqs:
+            tsne_inputs[name] = (embedder(tsne_seqs), tsne_labels)
+    results.update(_baseline_rows(baselines, protocol, models[0], robustness_rates, seed))
+    summary = {"protocol": protocol.description, "counts": protocol.counts, "cleaning": cleaning, "results": results}
+    _write_atomic(output / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
+    text = f"# Evaluation of {data}\n\nProtocol: {protocol.description}\n\n{results_to_markdown(results)}"
+    _write_atomic(output / "results.md", text)
+    if plots:
+        curves = {name: row["robustness"] for name, row in results.items() if row.get("robustness")}
+        if curves:
+            plot_robustness(curves, output / "robustness.png")
+        if tsne_inputs:
+            plot_tsne(tsne_inputs, output / "tsne.png", n_genera=len(genera), seed=seed)
+    return results

@@ -28,6 +28,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     os.close(handle)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)
