@@ -1,0 +1,300 @@
+"""Pretrain a BarcodeMAE encoder (or the BarcodeBERT-style MLM baseline) with the Hugging Face Trainer.
+
+    python train.py --data_file barcodes.tsv --preset small --objective mae --output_dir runs/mae --max_steps 2000
+    accelerate launch train.py ... --bf16          # one or many GPUs (DDP)
+    torchrun --nproc_per_node 2 train.py ...       # several CPU processes (gloo)
+    python train.py run.yaml                       # every argument from a JSON/YAML file
+
+Model sizes come from ``configs/<preset>.json`` (tiny / small / paper), overridable per field
+(``--hidden_size 512``). Any ``TrainingArguments`` flag works. At the end ``OUTPUT_DIR`` holds the pretraining
+model, ``OUTPUT_DIR/encoder/`` the encoder-only Hub folder, ``loss_curve.png``, ``data_report.json`` and
+``run_info.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from barcodemae.data import detect_format, load_barcode_dataset, table_columns
+from configuration_barcodemae import BarcodeMAEConfig
+from modeling_barcodemae import IGNORE_INDEX, BarcodeMAEForPreTraining
+from tokenization_barcodemae import BarcodeMAETokenizer
+
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+logger = logging.getLogger("barcodemae.train")
+
+
+@dataclass
+class ModelArguments:
+    preset: str = field(default="small", metadata={"help": "tiny | small | paper, or a path to a JSON config."})
+    objective: str = field(default="mae", metadata={"help": "mae (BarcodeMAE) or mlm (BarcodeBERT baseline)."})
+    k_mer: int | None = None
+    max_length: int | None = None
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+    decoder_hidden_size: int | None = None
+    decoder_num_hidden_layers: int | None = None
+    decoder_num_attention_heads: int | None = None
+    decoder_intermediate_size: int | None = None
+    mask_ratio: float | None = None
+    position_embedding_type: str | None = None
+    hidden_dropout_prob: float | None = None
+    attention_probs_dropout_prob: float | None = None
+
+    def build_config(self) -> BarcodeMAEConfig:
+        preset = Path(self.preset)
+        path = preset if preset.suffix == ".json" else PRESETS_DIR / f"{self.preset}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"Unknown preset {self.preset!r}: no file {path}")
+        settings = json.loads(path.read_text())
+        overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "preset"}
+        settings.update({name: value for name, value in overrides.items() if value is not None})
+        return BarcodeMAEConfig(**settings)
+
+
+@dataclass
+class DataArguments:
+    data_file: list[str] = field(metadata={"help": "BIOSCAN-5M-style TSV/CSV or FASTA files (repeatable)."})
+    pretrain_splits: list[str] = field(
+        default_factory=lambda: ["pretrain", "train"],
+        metadata={"help": "Values of the `split` column to pretrain on (ignored for files without one)."},
+    )
+    validation_split: str = field(default="val", metadata={"help": "Split for validation masked-token metrics."})
+    validation_fraction: float = field(default=0.02, metadata={"help": "Held-out fraction when no such split."})
+    max_eval_samples: int = 2000
+    deduplicate: bool = field(default=True, metadata={"help": "Drop repeated identical barcodes."})
+    random_offset: bool = field(default=True, metadata={"help": "Random start offset 0..k-1 per barcode (paper)."})
+    embedding_probe: bool = field(
+        default=True,
+        metadata={"help": "At each evaluation, genus 1-NN of `val_unseen` queries against `train` references."},
+    )
+    probe_queries: int = 1000
+    probe_references: int = 5000
+
+
+@dataclass
+class BarcodeCollator:
+    """Pick one reading frame per barcode (random start offset during training), then pad (MAE) or pad and
+    mask with `DataCollatorForLanguageModeling` (MLM). Randomness comes from torch's global RNG, which the
+    Trainer checkpoints, so resumed runs continue exactly."""
+
+    tokenizer: BarcodeMAETokenizer
+    objective: str
+    mask_ratio: float
+
+    def __post_init__(self):
+        if self.objective == "mlm":
+            self.inner = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.mask_ratio)
+        else:
+            self.inner = DataCollatorWithPadding(self.tokenizer)
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        rows = []
+        for feature in features:
+            frames = feature["frames"]
+            frame = int(torch.randint(len(frames), ())) if len(frames) > 1 else 0
+            rows.append({"input_ids": frames[frame]})
+        return self.inner(rows)
+
+
+def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int):
+    """Add ``frames``: the token ids of each barcode read from offsets ``0..frames-1`` (cached by datasets)."""
+
+    def encode(batch):
+        per_offset = [
+            tokenizer([s[offset:] for s in batch["dna_barcode"]], truncation=True) for offset in range(frames)
+        ]
+        return {
+            "frames": [[encoded["input_ids"][i] for encoded in per_offset] for i in range(len(batch["dna_barcode"]))]
+        }
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+
+
+class EmbeddingProbe:
+    """Embedding quality during pretraining: genus 1-NN of unseen-species queries against seen references,
+    plus representation health of the query embeddings (effective rank, mean pairwise cosine)."""
+
+    def __init__(self, references, queries, tokenizer):
+        self.references, self.queries, self.tokenizer = references, queries, tokenizer
+
+    def __call__(self, encoder) -> dict[str, float]:
+        from barcodemae.embedding import Embedder
+        from barcodemae.evaluation import effective_rank, genus_1nn_accuracy, mean_pairwise_cosine
+
+        was_training = encoder.training
+        embed = Embedder(encoder, self.tokenizer, batch_size=256, precision="fp32")
+        reference_embeddings = embed(self.references["dna_barcode"])
+        query_embeddings = embed(self.queries["dna_barcode"])
+        encoder.train(was_training)
+        return {
+            "genus_1nn_unseen": genus_1nn_accuracy(
+                query_embeddings, self.queries["genus"], reference_embeddings, self.references["genus"]
+            ),
+            "effective_rank": effective_rank(query_embeddings),
+            "mean_pairwise_cosine": mean_pairwise_cosine(query_embeddings),
+        }
+
+
+class PretrainingTrainer(Trainer):
+    """Trainer that also reports masked-token accuracy (and the embedding probe) at every evaluation."""
+
+    def __init__(self, *args, embedding_probe: EmbeddingProbe | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.embedding_probe = embedding_probe
+        self._masked_counts = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if not model.training and self._masked_counts is not None:
+            targets = outputs.labels[outputs.labels != IGNORE_INDEX]
+            correct = (outputs.logits.argmax(-1) == targets).sum()
+            self._masked_counts += torch.stack([correct, torch.tensor(targets.numel(), device=correct.device)])
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, dataloader, *args, metric_key_prefix: str = "eval", **kwargs):
+        self._masked_counts = torch.zeros(2, dtype=torch.long, device=self.args.device)
+        with torch.random.fork_rng(devices=[self.args.device] if self.args.device.type == "cuda" else []):
+            torch.manual_seed(self.args.seed)  # the same masks at every evaluation; training RNG untouched
+            output = super().evaluation_loop(dataloader, *args, metric_key_prefix=metric_key_prefix, **kwargs)
+        correct, total = self.accelerator.reduce(self._masked_counts, reduction="sum").tolist()
+        self._masked_counts = None
+        output.metrics[f"{metric_key_prefix}_masked_accuracy"] = 100.0 * correct / max(total, 1)
+        if self.embedding_probe is not None:
+            encoder = self.accelerator.unwrap_model(self.model).barcodemae
+            for name, value in self.embedding_probe(encoder).items():
+                output.metrics[f"{metric_key_prefix}_{name}"] = value
+        return output
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        model_args, data_args, training_args = parse(argv[0])
+        import yaml
+
+        given = set(yaml.safe_load(Path(argv[0]).read_text()))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+        given = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+    if "report_to" not in given and importlib.util.find_spec("tensorboard") is not None:
+        training_args.report_to = ["tensorboard"]
+    training_args.remove_unused_columns = False  # the collator needs the `frames` column
+    training_args.label_names = ["labels"] if model_args.objective == "mlm" else []
+    return model_args, data_args, training_args
+
+
+def has_split_column(paths: list[str]) -> bool:
+    return all(detect_format(path)[0] == "table" and "split" in table_columns(path) for path in paths)
+
+
+def load_datasets(data_args: DataArguments, config: BarcodeMAEConfig, seed: int):
+    """Pretraining rows (with their cleaning report), validation rows and, when the file has labelled
+    ``train``/``val_unseen`` rows, the embedding probe's references and queries."""
+    files = data_args.data_file
+    common = dict(max_length=config.max_length, k_mer=config.k_mer)
+    everything = load_barcode_dataset(files, deduplicate=True, **common)[0] if has_split_column(files) else None
+    available = set(everything.unique("split")) if everything is not None else set()
+    pretrain_splits = [name for name in data_args.pretrain_splits if name in available] or data_args.pretrain_splits
+    train, report = load_barcode_dataset(
+        files, splits=pretrain_splits if available else None, deduplicate=data_args.deduplicate, **common
+    )
+
+    def partition(name: str):
+        rows = everything.filter(lambda split, genus: split == name and bool(genus), input_columns=["split", "genus"])
+        return rows.shuffle(seed=seed)
+
+    if data_args.validation_split in available:
+        validation = partition(data_args.validation_split)
+    else:
+        parts = train.train_test_split(test_size=data_args.validation_fraction, seed=seed)
+        train, validation = parts["train"], parts["test"]
+    validation = validation.select(range(min(len(validation), data_args.max_eval_samples)))
+    probe = None
+    if data_args.embedding_probe and {"train", "val_unseen"} <= available:
+        references, queries = partition("train"), partition("val_unseen")
+        probe = (
+            references.select(range(min(len(references), data_args.probe_references))),
+            queries.select(range(min(len(queries), data_args.probe_queries))),
+        )
+    return train, validation, probe, report
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    started = time.time()
+    set_seed(training_args.seed)
+    config = model_args.build_config()
+    tokenizer = BarcodeMAETokenizer(k_mer=config.k_mer, model_max_length=config.max_position_embeddings)
+
+    with training_args.main_process_first(desc="loading data"):
+        train, validation, probe_rows, report = load_datasets(data_args, config, training_args.seed)
+    logger.info("Data: %s", report.summary())
+    frames = config.k_mer if data_args.random_offset else 1
+    train_frames = tokenize_frames(train, tokenizer, frames)
+    validation_frames = tokenize_frames(validation, tokenizer, 1)
+    probe = EmbeddingProbe(*probe_rows, tokenizer) if probe_rows is not None else None
+
+    model = BarcodeMAEForPreTraining(config)
+    logger.info("%s model, %.1fM parameters", config.objective, model.num_parameters() / 1e6)
+    trainer = PretrainingTrainer(
+        model=model,
+        args=training_args,
+        data_collator=BarcodeCollator(tokenizer, config.objective, config.mask_ratio),
+        train_dataset=train_frames,
+        eval_dataset=validation_frames,
+        processing_class=tokenizer,
+        embedding_probe=probe,
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        write_outputs(trainer, tokenizer, model_args, data_args, report, result, metrics, time.time() - started)
+
+
+def write_outputs(trainer, tokenizer, model_args, data_args, report, result, metrics, wall_seconds) -> None:
+    from barcodemae.plots import plot_training_curves
+
+    output_dir = Path(trainer.args.output_dir)
+    trainer.model.save_encoder(output_dir / "encoder", tokenizer)
+    plot_training_curves(trainer.state.log_history, output_dir / "loss_curve.png")
+    (output_dir / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    run_info = {
+        "objective": model_args.objective,
+        "preset": model_args.preset,
+        "data_files": data_args.data_file,
+        "world_size": trainer.args.world_size,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "final_eval": metrics,
+        "wall_seconds": round(wall_seconds, 1),
+        "device": str(trainer.args.device),
+    }
+    (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
