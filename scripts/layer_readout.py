@@ -1,6 +1,6 @@
 """Genus 1-NN (val_unseen vs train) and health of mean-pooled embeddings from every layer of encoders.
 
-    python scripts/layer_readout.py --data ../shared/data/barcodes.tsv.gz --model runs/x/checkpoint-300 [--random]
+python scripts/layer_readout.py --data ../shared/data/barcodes.tsv.gz --model runs/x/checkpoint-300 [--random]
 """
 
 from __future__ import annotations
@@ -61,9 +61,7 @@ def main() -> None:
             {
                 "layer": index,
                 "genus_1nn": round(genus_1nn_accuracy(q, query_genus, r, ref_genus), 2),
-                "genus_1nn_centred": round(
-                    genus_1nn_accuracy(q - r.mean(0), query_genus, r - r.mean(0), ref_genus), 2
-                ),
+                "genus_1nn_centred": round(genus_1nn_accuracy(q - r.mean(0), query_genus, r - r.mean(0), ref_genus), 2),
                 "effective_rank": round(effective_rank(q), 1),
             }
             for index, (r, q) in enumerate(zip(refs, queries))
