@@ -26,6 +26,8 @@ class BarcodeMAEConfig(PreTrainedConfig):
         decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size:
             MAE decoder shape (any size; a linear projection joins encoder and decoder when widths differ).
         mask_ratio: fraction of each barcode's maskable k-mer tokens hidden during pretraining.
+        visible_loss_weight: MAE only: weight of an extra loss for reconstructing the visible k-mers as well (the
+            authors' option; keeps token identity in the encoder output). 0 = masked positions only (the paper).
         objective: ``"mae"`` (encoder sees only kept tokens, decoder reconstructs) or ``"mlm"``
             (BarcodeBERT baseline: ``[MASK]`` tokens in the encoder input, encoder-only prediction head).
         position_embedding_type: ``"absolute"`` (learned, as in BERT) or ``"rotary"`` (RoPE in every attention).
@@ -49,6 +51,7 @@ class BarcodeMAEConfig(PreTrainedConfig):
     decoder_num_attention_heads: int = 6
     decoder_intermediate_size: int = 3072
     mask_ratio: float = 0.5
+    visible_loss_weight: float | int = 0.0
     objective: str = "mae"
     position_embedding_type: str = "absolute"
     rope_theta: float | int = 10000.0
@@ -95,6 +98,7 @@ class BarcodeMAEConfig(PreTrainedConfig):
             f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES} (got {self.position_embedding_type!r})",
         )
         require(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1) (got {self.mask_ratio})")
+        require(self.visible_loss_weight >= 0, f"visible_loss_weight must be >= 0 (got {self.visible_loss_weight})")
         for prefix in ("", "decoder_"):
             width = getattr(self, f"{prefix}hidden_size")
             heads = getattr(self, f"{prefix}num_attention_heads")

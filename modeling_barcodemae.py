@@ -36,7 +36,8 @@ class BarcodeMAEForPreTrainingOutput(ModelOutput):
     """Output of `BarcodeMAEForPreTraining`.
 
     Args:
-        loss: cross-entropy over the scored (masked) positions.
+        loss: cross-entropy over the masked positions (MAE: plus ``visible_loss_weight`` times the cross-entropy of
+            reconstructing the visible k-mers).
         logits: ``(num_scored, vocab_size)`` predictions for the scored positions, in the row-major order of
             ``labels != -100`` (the head runs only where there is something to predict).
         labels: ``(batch, length)`` target ids at scored positions, -100 elsewhere.
@@ -271,7 +272,7 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
 
 class BarcodeMAEDecoder(nn.Module):
     """MAE decoder: project, insert the mask embedding at masked positions, unshuffle, add positions,
-    transformer, predict k-mer ids at the scored positions."""
+    transformer; ``prediction`` maps its states to k-mer logits."""
 
     def __init__(self, config: BarcodeMAEConfig):
         super().__init__()
@@ -295,7 +296,6 @@ class BarcodeMAEDecoder(nn.Module):
         kept_attention: torch.Tensor,
         ids_restore: torch.LongTensor,
         attention_mask: torch.Tensor,
-        scored: torch.BoolTensor,
     ) -> torch.Tensor:
         batch, length = ids_restore.shape
         hidden = self.projection(encoded)
@@ -308,7 +308,7 @@ class BarcodeMAEDecoder(nn.Module):
         if self.position_embeddings is not None:
             hidden = hidden + self.position_embeddings(position_ids)
         hidden, _ = self.transformer(hidden, attention_mask, position_ids)
-        return self.prediction(hidden[scored])
+        return hidden
 
 
 class BarcodeMAEPredictionHead(nn.Module):
@@ -374,12 +374,16 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             position_ids=ids_keep.masked_fill(~kept_attention, 0),
             output_hidden_states=output_hidden_states,
         )
-        logits = self.decoder(
-            encoded.last_hidden_state, kept_attention, masking.ids_restore, attention_mask, masking.mask
-        )
+        decoded = self.decoder(encoded.last_hidden_state, kept_attention, masking.ids_restore, attention_mask)
+        logits = self.decoder.prediction(decoded[masking.mask])
+        loss = F.cross_entropy(logits.float(), input_ids[masking.mask])
+        if self.config.visible_loss_weight > 0:
+            visible = attention_mask.bool() & (input_ids >= self.config.first_kmer_id) & ~masking.mask
+            visible_logits = self.decoder.prediction(decoded[visible])
+            loss = loss + self.config.visible_loss_weight * F.cross_entropy(visible_logits.float(), input_ids[visible])
         labels = input_ids.masked_fill(~masking.mask, IGNORE_INDEX)
         return BarcodeMAEForPreTrainingOutput(
-            loss=F.cross_entropy(logits.float(), input_ids[masking.mask]),
+            loss=loss,
             logits=logits,
             labels=labels,
             mask=masking.mask.long(),

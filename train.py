@@ -56,6 +56,7 @@ class ModelArguments:
     decoder_num_attention_heads: int | None = None
     decoder_intermediate_size: int | None = None
     mask_ratio: float | None = None
+    visible_loss_weight: float | None = None
     position_embedding_type: str | None = None
     hidden_dropout_prob: float | None = None
     attention_probs_dropout_prob: float | None = None

@@ -516,16 +516,34 @@ def _evaluate_vectors(protocol: Protocol, train_emb, test_emb, unseen_emb, seed:
     }
 
 
-def _robustness(embed: EmbedFn, protocol: Protocol, train_emb, unseen_emb, rates: Iterable[float], seed: int):
+def _robustness(
+    embed: EmbedFn,
+    protocol: Protocol,
+    train_emb: np.ndarray,
+    unseen_emb: np.ndarray,
+    rates: Iterable[float],
+    seed: int,
+    max_queries: int | None,
+) -> dict[str, dict[float, float]]:
+    """Genus 1-NN of (at most ``max_queries``, a fixed random subset of) unseen queries embedded under inference-time
+    masking / token deletion, against clean references; rate 0 is the clean embedding of the same subset."""
+    ref, query = protocol.train.has("genus"), protocol.unseen.has("genus")
+    rows = np.flatnonzero(query)
+    if max_queries is not None and len(rows) > max_queries:
+        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:max_queries])
+    selected = np.zeros(len(query), dtype=bool)
+    selected[rows] = True
+    labels, ref_labels = protocol.unseen.labels("genus", selected), protocol.train.labels("genus", ref)
+    sequences = [protocol.unseen.sequences[i] for i in rows]
+    clean = genus_1nn_accuracy(unseen_emb[selected], labels, train_emb[ref], ref_labels)
     curves: dict[str, dict[float, float]] = {"masking": {}, "deletion": {}}
-    clean = _genus_unseen(protocol, train_emb, unseen_emb)
     for kind, argument in (("masking", "masking_rate"), ("deletion", "deletion_rate")):
         for rate in rates:
             if rate == 0:
                 curves[kind][float(rate)] = clean
                 continue
-            noisy = _embed(embed, protocol.unseen.sequences, protocol.unseen.name, **{argument: rate, "seed": seed})
-            curves[kind][float(rate)] = _genus_unseen(protocol, train_emb, noisy)
+            noisy = _embed(embed, sequences, protocol.unseen.name, **{argument: rate, "seed": seed})
+            curves[kind][float(rate)] = genus_1nn_accuracy(noisy, labels, train_emb[ref], ref_labels)
     return curves
 
 
@@ -536,6 +554,7 @@ def evaluate_embedder(
     robustness_rates: Sequence[float] | None = DEFAULT_ROBUSTNESS_RATES,
     seed: int = 0,
     probe: ProbeConfig | None = None,
+    robustness_queries: int | None = 2000,
 ) -> dict[str, Any]:
     """Full protocol for an embedding function ``embed(sequences, *, masking_rate, deletion_rate, seed)``.
 
@@ -543,13 +562,16 @@ def evaluate_embedder(
     ``robustness_rates`` is given, ``robustness = {"masking": {rate: acc}, "deletion": {rate: acc}}`` (genus 1-NN
     on the unseen partition with queries embedded under masking/deletion; references always clean).
     ``probe`` overrides the linear probe's :class:`ProbeConfig` (e.g. fewer epochs in a training callback).
+    The robustness curves use a fixed random subset of at most ``robustness_queries`` unseen queries (None: all).
     """
     train_emb = _embed(embed, protocol.train.sequences, protocol.train.name)
     test_emb = _embed(embed, protocol.test.sequences, protocol.test.name)
     unseen_emb = _embed(embed, protocol.unseen.sequences, protocol.unseen.name)
     result = _evaluate_vectors(protocol, train_emb, test_emb, unseen_emb, seed, probe)
     if robustness_rates is not None:
-        result["robustness"] = _robustness(embed, protocol, train_emb, unseen_emb, robustness_rates, seed)
+        result["robustness"] = _robustness(
+            embed, protocol, train_emb, unseen_emb, robustness_rates, seed, robustness_queries
+        )
     return result
 
 

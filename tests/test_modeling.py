@@ -183,3 +183,19 @@ def test_gradient_checkpointing_runs(batch):
     model.activation_checkpointing_enable()
     model(**batch).loss.backward()
     assert model.barcodemae.token_embeddings.weight.grad is not None
+
+
+def test_visible_loss_adds_a_weighted_reconstruction_term(batch):
+    torch.manual_seed(0)
+    state = BarcodeMAEForPreTraining(tiny_config()).state_dict()
+    outputs = {}
+    for weight in (0.0, 0.5, 1.0):
+        model = BarcodeMAEForPreTraining(tiny_config(visible_loss_weight=weight)).eval()
+        model.load_state_dict(state)
+        torch.manual_seed(4)
+        outputs[weight] = model(**batch)
+    assert torch.equal(outputs[1.0].mask, outputs[0.0].mask)
+    torch.testing.assert_close(outputs[1.0].logits, outputs[0.0].logits)  # logits/labels: masked positions only
+    visible_term = outputs[1.0].loss - outputs[0.0].loss
+    assert visible_term > 1.0  # an untrained model cannot reconstruct the visible k-mers either
+    torch.testing.assert_close(outputs[0.5].loss - outputs[0.0].loss, 0.5 * visible_term)
