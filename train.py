@@ -283,6 +283,7 @@ def write_outputs(trainer, tokenizer, model_args, data_args, report, result, met
     plot_training_curves(trainer.state.log_history, output_dir / "loss_curve.png")
     (output_dir / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     run_info = {
+        "command": " ".join(["python", *sys.argv]),
         "objective": model_args.objective,
         "preset": model_args.preset,
         "data_files": data_args.data_file,

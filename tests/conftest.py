@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-# The root model modules (tokenization_barcodemae.py, ...) and the barcodemae package live in the repo root.
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from barcodemae.simulate import simulate_barcodes, with_splits, write_fasta, write_tsv
 
-from barcodemae.simulate import simulate_barcodes, with_splits, write_fasta, write_tsv  # noqa: E402
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def data_file(tmp_path_factory):
     return write_tsv(records, tmp_path_factory.mktemp("data") / "barcodes.tsv")
 
 
-def run_train(args: list[str], launcher: list[str] | None = None, timeout: int = 300) -> None:
+def run_train(args: list[str], launcher: list[str] | None = None, timeout: int = 600) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [*(launcher or [sys.executable]), str(ROOT / "train.py"), *args, *COMMON]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
