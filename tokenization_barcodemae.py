@@ -83,8 +83,8 @@ class BarcodeMAETokenizer(PreTrainedTokenizerFast):
         stride = k_mer if stride is None else stride
         if stride != k_mer:
             raise ValueError(f"Only non-overlapping k-mers are supported (stride={stride} != k_mer={k_mer}).")
-        kwargs.pop("tokenizer_file", None)
-        kwargs.pop("tokenizer_object", None)
+        for rebuilt in ("tokenizer_file", "tokenizer_object", "vocab", "merges"):  # the backend is built from k_mer
+            kwargs.pop(rebuilt, None)
         self.k_mer = k_mer
         self.stride = stride
         for name, token in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS):

@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model()
+    trainer.save_state()
     if trainer.is_world_process_zero():
         write_outputs(trainer, tokenizer, model_args, data_args, report, result, metrics, time.time() - started)
 
