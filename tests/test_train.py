@@ -79,7 +79,7 @@ def test_resume_continues_exactly(tmp_path, data_file):
     shutil.copytree(uninterrupted / "checkpoint-10", resumed / "checkpoint-10")
     run_train([*args, "--output_dir", str(resumed), "--resume_from_checkpoint", str(resumed / "checkpoint-10")])
     full, continued = losses(uninterrupted), losses(resumed)
-    assert set(continued) == set(range(11, 21))
+    assert set(range(11, 21)) <= set(continued)  # steps 1-10 come back from the checkpoint's log history
     for step in range(11, 21):
         assert continued[step] == pytest.approx(full[step], rel=1e-6, abs=1e-6), step
 
