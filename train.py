@@ -94,13 +94,19 @@ class DataArguments:
 
 @dataclass
 class BarcodeCollator:
-    """Pick one reading frame per barcode (random start offset during training), then pad (MAE) or pad and
-    mask with `DataCollatorForLanguageModeling` (MLM). Randomness comes from torch's global RNG, which the
-    Trainer checkpoints, so resumed runs continue exactly."""
+    """Pick one reading frame per barcode (a random start offset during training), then pad (MAE) or pad and
+    mask with `DataCollatorForLanguageModeling` (MLM).
+
+    All randomness of a training step is seeded from the batch itself (``seed`` and the dataset rows it holds):
+    the frames and MLM masks here, and the model's MAE masks and dropout through ``batch_seed``, with which
+    `PretrainingTrainer` seeds torch right before the forward pass. The data loader prefetches batches, so RNG
+    state saved in a checkpoint does not line up with the next batch; per-batch seeds make a resumed run continue
+    exactly as an uninterrupted one."""
 
     tokenizer: BarcodeMAETokenizer
     objective: str
     mask_ratio: float
+    seed: int
 
     def __post_init__(self):
         if self.objective == "mlm":
@@ -109,26 +115,29 @@ class BarcodeCollator:
             self.inner = DataCollatorWithPadding(self.tokenizer)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        rows = []
+        batch_seed = hash((self.seed, *(feature["row"] for feature in features))) % 2**63  # ints hash stably
+        generator = torch.Generator().manual_seed(batch_seed)
+        chosen = []
         for feature in features:
             frames = feature["frames"]
-            frame = int(torch.randint(len(frames), ())) if len(frames) > 1 else 0
-            rows.append({"input_ids": frames[frame]})
-        return self.inner(rows)
+            frame = int(torch.randint(len(frames), (), generator=generator)) if len(frames) > 1 else 0
+            chosen.append({"input_ids": frames[frame]})
+        torch.manual_seed(batch_seed)
+        return {**self.inner(chosen), "batch_seed": torch.tensor(batch_seed)}
 
 
 def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int):
-    """Add ``frames``: the token ids of each barcode read from offsets ``0..frames-1`` (cached by datasets)."""
+    """Columns ``frames`` (the token ids of each barcode read from offsets ``0..frames-1``) and ``row`` (its index),
+    computed with ``Dataset.map`` and cached by datasets."""
 
-    def encode(batch):
+    def encode(batch, rows):
         per_offset = [
             tokenizer([s[offset:] for s in batch["dna_barcode"]], truncation=True) for offset in range(frames)
         ]
-        return {
-            "frames": [[encoded["input_ids"][i] for encoded in per_offset] for i in range(len(batch["dna_barcode"]))]
-        }
+        frames_per_row = [[encoded["input_ids"][i] for encoded in per_offset] for i in range(len(rows))]
+        return {"frames": frames_per_row, "row": rows}
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing")
 
 
 class EmbeddingProbe:
@@ -165,6 +174,9 @@ class PretrainingTrainer(Trainer):
         self._masked_counts = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch_seed = inputs.pop("batch_seed", None)
+        if batch_seed is not None and model.training:
+            torch.manual_seed(int(batch_seed))
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if not model.training and self._masked_counts is not None:
             targets = outputs.labels[outputs.labels != IGNORE_INDEX]
@@ -262,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = PretrainingTrainer(
         model=model,
         args=training_args,
-        data_collator=BarcodeCollator(tokenizer, config.objective, config.mask_ratio),
+        data_collator=BarcodeCollator(tokenizer, config.objective, config.mask_ratio, training_args.seed),
         train_dataset=train_frames,
         eval_dataset=validation_frames,
         processing_class=tokenizer,

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baselines", default="", help="comma-separated: kmer,vsearch,random")
     evaluate.add_argument("--unseen-split", default="test_unseen")
     evaluate.add_argument("--seen-split", default="test")
+    evaluate.add_argument("--max-seen-rows", type=int, help="cap the train/test partitions (compute budget)")
     evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser("export", help="pretraining checkpoint → encoder-only Hub folder + model card")
@@ -194,6 +195,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         baselines=[name.strip() for name in args.baselines.split(",") if name.strip()],
         unseen_split=args.unseen_split,
         seen_split=args.seen_split,
+        max_seen_rows=args.max_seen_rows,
     )
 
 

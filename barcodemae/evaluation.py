@@ -377,6 +377,14 @@ class Partition:
     def labels(self, column: str, mask: np.ndarray) -> np.ndarray:
         return np.array([value for value, keep in zip(getattr(self, column), mask) if keep], dtype=object)
 
+    def subsample(self, max_rows: int, seed: int) -> Partition:
+        """At most ``max_rows`` rows drawn uniformly without replacement (deterministic; input order kept)."""
+        if len(self) <= max_rows:
+            return self
+        rows = np.sort(np.random.default_rng(seed).permutation(len(self))[:max_rows])
+        columns = ("processids", "sequences", "genus", "species", "bin")
+        return Partition(self.name, *([getattr(self, c)[i] for i in rows] for c in columns))
+
 
 @dataclass
 class Protocol:
@@ -724,10 +732,12 @@ def run_evaluation(
     seen_split: str = "test",
     robustness_rates: Sequence[float] | None = DEFAULT_ROBUSTNESS_RATES,
     seed: int = 0,
+    max_seen_rows: int | None = None,
 ) -> dict[str, dict]:
     """Evaluate encoder folders (and baselines: ``random`` init of the first model, ``kmer`` 4/5/6, ``vsearch``)
     on a labelled table; writes ``results.json``, ``results.md`` and, with ``plots``, ``robustness.png`` and
-    ``tsne.png`` (under-represented genera of the unseen partition) into ``output``. Returns the results."""
+    ``tsne.png`` (under-represented genera of the unseen partition) into ``output``. ``max_seen_rows`` caps the
+    reference (train) and seen-test partitions for a compute budget. Returns the results."""
     from barcodemae.embedding import Embedder
     from barcodemae.plots import plot_robustness, plot_tsne, underrepresented_genera
 
@@ -738,6 +748,12 @@ def run_evaluation(
     output.mkdir(parents=True, exist_ok=True)
     records, cleaning = _load_records(data)
     protocol = prepare_protocol(records, seen_split=seen_split, unseen_split=unseen_split, seed=seed)
+    if max_seen_rows is not None:  # a CPU budget: fewer references / probe rows, every unseen query kept
+        protocol.train = protocol.train.subsample(max_seen_rows, seed)
+        protocol.test = protocol.test.subsample(max_seen_rows, seed)
+        protocol.description += (
+            f" Seen partitions subsampled to at most {max_seen_rows} de-duplicated rows each (seed {seed})."
+        )
     genera = set(underrepresented_genera(protocol.unseen.genus, seed=seed))
     tsne_rows = [i for i, g in enumerate(protocol.unseen.genus) if g in genera]
     tsne_seqs = [protocol.unseen.sequences[i] for i in tsne_rows]

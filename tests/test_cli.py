@@ -90,5 +90,6 @@ def test_evaluate_calls_run_evaluation(tmp_path, capsys, monkeypatch):
             "baselines": ["kmer", "random"],
             "unseen_split": "test_unseen",
             "seen_split": "test",
+            "max_seen_rows": None,
         }
     ]
