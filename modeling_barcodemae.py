@@ -96,15 +96,20 @@ def padding_mask_for_attention(attention_mask: torch.Tensor | None) -> torch.Ten
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoPE) computed from explicit position ids."""
+    """Rotary position embedding (RoPE) computed from explicit position ids.
+
+    The frequencies are recomputed at each call rather than kept in a buffer: a non-persistent buffer is left
+    uninitialised when `from_pretrained` builds the model on the meta device, and the cost is negligible."""
 
     def __init__(self, head_size: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_size = head_size
+        self.theta = theta
 
     def forward(self, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = position_ids[:, None, :, None].float() * self.inv_freq
+        exponents = torch.arange(0, self.head_size, 2, device=position_ids.device, dtype=torch.float32)
+        inv_freq = 1.0 / self.theta ** (exponents / self.head_size)
+        angles = position_ids[:, None, :, None].float() * inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
 

@@ -699,7 +699,9 @@ def _load_records(data: str | Path) -> tuple[list[dict], dict[str, Any]]:
     return records, {"n_records": report.n_records, "n_kept": report.n_kept, "skipped": dict(report.skipped)}
 
 
-def _baseline_rows(names: Sequence[str], protocol: Protocol, first_model: str, rates, seed: int) -> dict[str, dict]:
+def _baseline_rows(
+    names: Sequence[str], protocol: Protocol, first_model: str, rates, seed: int, robustness_queries: int | None
+) -> dict[str, dict]:
     from barcodemae.baselines import ToolNotFound, kmer_count_features, vsearch_genus_1nn
 
     rows: dict[str, dict] = {}
@@ -709,7 +711,9 @@ def _baseline_rows(names: Sequence[str], protocol: Protocol, first_model: str, r
         model, tokenizer = load_encoder(first_model)
         torch.manual_seed(seed)
         random_model = type(model)(model.config).to(model.device).eval()
-        rows["random init"] = evaluate_embedder(Embedder(random_model, tokenizer), protocol, robustness_rates=rates)
+        rows["random init"] = evaluate_embedder(
+            Embedder(random_model, tokenizer), protocol, robustness_rates=rates, robustness_queries=robustness_queries
+        )
     if "kmer" in names:
         for k in KMER_SIZES:
             rows[f"k-mer {k} counts"] = evaluate_features(lambda s, k=k: kmer_count_features(s, k), protocol, seed=seed)
@@ -733,6 +737,7 @@ def run_evaluation(
     robustness_rates: Sequence[float] | None = DEFAULT_ROBUSTNESS_RATES,
     seed: int = 0,
     max_seen_rows: int | None = None,
+    robustness_queries: int | None = 2000,
 ) -> dict[str, dict]:
     """Evaluate encoder folders (and baselines: ``random`` init of the first model, ``kmer`` 4/5/6, ``vsearch``)
     on a labelled table; writes ``results.json``, ``results.md`` and, with ``plots``, ``robustness.png`` and
@@ -763,10 +768,12 @@ def run_evaluation(
     for path in models:
         name = Path(path).name if Path(path).name not in results else str(path)
         embedder = Embedder.from_pretrained(path)
-        results[name] = evaluate_embedder(embedder, protocol, robustness_rates=robustness_rates, seed=seed)
+        results[name] = evaluate_embedder(
+            embedder, protocol, robustness_rates=robustness_rates, seed=seed, robustness_queries=robustness_queries
+        )
         if tsne_seqs:
             tsne_inputs[name] = (embedder(tsne_seqs), tsne_labels)
-    results.update(_baseline_rows(baselines, protocol, models[0], robustness_rates, seed))
+    results.update(_baseline_rows(baselines, protocol, models[0], robustness_rates, seed, robustness_queries))
     summary = {"protocol": protocol.description, "counts": protocol.counts, "cleaning": cleaning, "results": results}
     _write_atomic(output / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
     text = f"# Evaluation of {data}\n\nProtocol: {protocol.description}\n\n{results_to_markdown(results)}"

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from tiny_models import tiny_config
+from transformers import AutoModel
 
 from modeling_barcodemae import BarcodeMAEForPreTraining
 from tokenization_barcodemae import BarcodeMAETokenizer
@@ -59,3 +60,14 @@ def test_export_loads_offline_in_a_fresh_process(tmp_path):
     assert "BarcodeMAEModel BarcodeMAETokenizer" in completed.stdout
     np.testing.assert_allclose(np.load(result), expected.detach().numpy(), atol=1e-6)
     assert model.config.auto_map.get("AutoModelForPreTraining")  # the pretraining config is left as it was
+
+
+def test_rotary_model_reloads_with_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = BarcodeMAEForPreTraining(tiny_config(position_embedding_type="rotary")).eval()
+    tokenizer = BarcodeMAETokenizer(k_mer=4, model_max_length=50)
+    model.save_encoder(tmp_path, tokenizer)
+    batch = tokenizer(SEQUENCES, padding=True, return_tensors="pt")
+    reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True, local_files_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).pooler_output, model.barcodemae(**batch).pooler_output)
