@@ -1,0 +1,276 @@
+"""Embedding throughput: `BarcodeMAEModel` (through `Embedder`) vs `transformers.BertModel` of identical size, and
+tokenizer throughput vs a plain-Python k-mer split.
+
+Inputs: simulated COI-like barcodes (`barcodemae.simulate`, 660 bp) cut to lengths drawn from a mixture that mirrors
+the cleaned length histogram of real COI barcodes (capped at 660 bp, the model's limit): 45% 657-660 bp, 21%
+600-656, 30% 500-599, 4% 300-499 (uniform within each bin); a random window of that length is kept. Sequences are
+shuffled, so unsorted batches mix lengths as a file would.
+
+Every case embeds the same sequences end to end, tokenisation included (what ``barcodemae embed`` does): batches
+of ``--batch-size``, padded to the batch maximum, mean of the last hidden states over real tokens.
+
+* ours: `Embedder(model, tokenizer, sort_by_length=True/False)` on a random-init ``configs/small.json`` encoder
+  (rotary positions, as shipped) and, for an architecture-matched row, the same with absolute positions.
+* BERT: `BertModel` (SDPA, no pooler) with the same hidden size, layers, heads, FFN, vocabulary and max positions,
+  batched by this script in the same two ways (input order; or sorted by length, then restored).
+* fp32, plus bf16 autocast rows.
+
+Run: ``python -m benchmarks.embed --threads 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import BertConfig, BertModel
+
+from barcodemae.embedding import Embedder
+from benchmarks.common import (
+    base_parser,
+    format_table,
+    load_preset,
+    machine_info,
+    report,
+    setup,
+    simulated_barcodes,
+    speed_ratio,
+    summarize,
+    time_interleaved,
+)
+from modeling_barcodemae import BarcodeMAEModel
+from tokenization_barcodemae import BarcodeMAETokenizer, kmer_vocabulary, normalize_barcode
+
+LENGTH_BINS = ((657, 660, 0.45), (600, 656, 0.21), (500, 599, 0.30), (300, 499, 0.04))
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def draw_lengths(count: int, rng: np.random.Generator) -> np.ndarray:
+    weights = np.array([weight for _, _, weight in LENGTH_BINS])
+    bins = rng.choice(len(LENGTH_BINS), size=count, p=weights / weights.sum())
+    return np.array([rng.integers(LENGTH_BINS[b][0], LENGTH_BINS[b][1] + 1) for b in bins])
+
+
+def realistic_barcodes(count: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    full = simulated_barcodes(count, length=660, end_variation=0, seed=seed)
+    rng.shuffle(full)
+    sequences = []
+    for sequence, length in zip(full, draw_lengths(count, rng)):
+        start = int(rng.integers(0, len(sequence) - length + 1))
+        sequences.append(sequence[start : start + length])
+    return sequences
+
+
+# ------------------------------------------------------------------------------------------- BERT
+def matching_bert(config) -> BertModel:
+    bert = BertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings,
+        hidden_act=config.hidden_act,
+        pad_token_id=config.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    return BertModel(bert, add_pooling_layer=False).eval()
+
+
+class BertEmbedder:
+    """The `Embedder` pipeline for a `BertModel`: tokenise, pad to the batch maximum, mean-pool real tokens;
+    batches in input order, or length-sorted with the input order restored."""
+
+    def __init__(self, model: BertModel, tokenizer, batch_size: int, sort_by_length: bool, bf16: bool):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.sort_by_length, self.bf16 = sort_by_length, bf16
+        self.device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def __call__(self, sequences: Sequence[str]) -> np.ndarray:
+        order = np.argsort([-len(s) for s in sequences], kind="stable") if self.sort_by_length else None
+        ordered = [sequences[i] for i in order] if order is not None else list(sequences)
+        output = np.empty((len(sequences), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(ordered), self.batch_size):
+            batch = ordered[start : start + self.batch_size]
+            encoded = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+            input_ids = encoded["input_ids"].to(self.device)
+            mask = encoded["attention_mask"].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).float()
+            pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            output[start : start + len(batch)] = pooled.cpu().numpy()
+        if order is None:
+            return output
+        restored = np.empty_like(output)
+        restored[order] = output
+        return restored
+
+
+# ------------------------------------------------------------------------------------------- tokenizers
+def plain_python_tokenize(sequences: Sequence[str], k_mer: int, max_tokens: int) -> torch.Tensor:
+    """Baseline: normalise, cut into non-overlapping k-mers with a dict lookup, pad into a tensor."""
+    vocabulary = kmer_vocabulary(k_mer)
+    rows = []
+    for sequence in sequences:
+        sequence = normalize_barcode(sequence)[: max_tokens * k_mer]
+        rows.append([vocabulary.get(sequence[i : i + k_mer], 1) for i in range(0, len(sequence) - k_mer + 1, k_mer)])
+    ids = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+    return ids
+
+
+def tokenizer_benchmark(sequences: list[str], args) -> dict[str, Any]:
+    tokenizer = BarcodeMAETokenizer(k_mer=6)
+    fast = tokenizer(sequences, padding=True, truncation=True, return_tensors="pt")["input_ids"]
+    plain = plain_python_tokenize(sequences, 6, tokenizer.model_max_length)
+    if not torch.equal(fast, plain):
+        raise AssertionError("the plain-Python baseline does not reproduce BarcodeMAETokenizer")
+    cases = {
+        "BarcodeMAETokenizer (batch call)": lambda: tokenizer(
+            sequences, padding=True, truncation=True, return_tensors="pt"
+        ),
+        "plain-Python k-mer split": lambda: plain_python_tokenize(sequences, 6, tokenizer.model_max_length),
+    }
+    times = time_interleaved(cases, args.repeats, 1, torch.device("cpu"))
+    results = {name: summarize(values, len(sequences)) for name, values in times.items()}
+    ratio = results["BarcodeMAETokenizer (batch call)"]["per_s"] / results["plain-Python k-mer split"]["per_s"]
+    return {"sequences": len(sequences), "cases": results, "ratio_fast/plain": ratio}
+
+
+# ------------------------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = base_parser(__doc__.split("\n")[0], "embed")
+    parser.add_argument("--sequences", type=int, default=1024, help="barcodes embedded per timed call")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--tokenizer-sequences", type=int, default=8192)
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    parser.set_defaults(repeats=3)
+    return parser.parse_args(argv)
+
+
+def build_cases(args, device, preset: str) -> dict[str, tuple[str, str, Callable[[Sequence[str]], np.ndarray]]]:
+    """``name -> (model, batching, embed function)``."""
+    tokenizer = BarcodeMAETokenizer(k_mer=6)
+    torch.manual_seed(0)
+    config = load_preset(preset)
+    models = {f"ours ({config.position_embedding_type} positions)": BarcodeMAEModel(config)}
+    if config.position_embedding_type != "absolute":  # the architecture-matched extra row (fp32 only)
+        models["ours (absolute positions)"] = BarcodeMAEModel(load_preset(preset, position_embedding_type="absolute"))
+    bert = matching_bert(config).to(device)
+    precisions = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
+    cases = {}
+    for precision in precisions:
+        for sort in (False, True):
+            batching = "length-sorted" if sort else "input order"
+            for name, model in models.items():
+                if precision == "bf16" and name != next(iter(models)):
+                    continue
+                embedder = Embedder(model.to(device), tokenizer, args.batch_size, precision, sort_by_length=sort)
+                cases[f"{name}, {batching}, {precision}"] = (name, batching, embedder)
+            bert_embedder = BertEmbedder(bert, tokenizer, args.batch_size, sort, bf16=precision == "bf16")
+            cases[f"BertModel, {batching}, {precision}"] = ("BertModel", batching, bert_embedder)
+    return cases
+
+
+def ratios_against_bert(times: dict[str, list[float]], ours: str) -> dict[str, dict[str, float]]:
+    """Ours / BERT at the same batching and precision, and ours length-sorted / BERT in input order (the target)."""
+    ratios = {}
+    for precision in ("fp32", "bf16"):
+        pairs = {
+            f"{ours} / BertModel, both {batching}, {precision}": (batching, batching)
+            for batching in ("input order", "length-sorted")
+        }
+        pairs[f"{ours} length-sorted / BertModel input order, {precision}"] = ("length-sorted", "input order")
+        for name, (mine, bert) in pairs.items():
+            mine_case, bert_case = f"{ours}, {mine}, {precision}", f"BertModel, {bert}, {precision}"
+            if mine_case in times and bert_case in times:
+                ratios[name] = speed_ratio(times, mine_case, bert_case)
+    return ratios
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = setup(args)
+    machine = machine_info(device)
+    if args.tiny:
+        args.sequences, args.batch_size, args.tokenizer_sequences = 24, 8, 64
+    preset = "tiny" if args.tiny else "small"
+    sequences = realistic_barcodes(args.sequences, seed=0)
+    lengths = np.array([len(s) for s in sequences])
+    cases = build_cases(args, device, preset)
+    warm = sequences[: 2 * args.batch_size]
+    started = time.perf_counter()
+    times = time_interleaved(
+        {name: (lambda fn=fn: fn(sequences)) for name, (_, _, fn) in cases.items()},
+        args.repeats,
+        args.warmup,
+        device,
+        warmup_cases={name: (lambda fn=fn: fn(warm)) for name, (_, _, fn) in cases.items()},
+    )
+    results = {
+        name: {"model": m, "batching": b, **summarize(times[name], len(sequences))} for name, (m, b, _) in cases.items()
+    }
+    checks = {}
+    for name in dict.fromkeys(m for m, _, _ in cases.values()):
+        a, b = (cases[f"{name}, {batching}, fp32"][2](sequences[:64]) for batching in ("input order", "length-sorted"))
+        checks[f"{name}: max abs difference, length-sorted vs input order (fp32, 64 barcodes)"] = float(
+            np.abs(a - b).max()
+        )
+    ratios = {}
+    for name in dict.fromkeys(m for m, _, _ in cases.values() if m.startswith("ours")):
+        ratios |= ratios_against_bert(times, name)
+    token_counts = np.minimum(lengths, 660) // 6
+    payload = {
+        "preset": preset,
+        "inputs": {
+            "sequences": len(sequences),
+            "length_bins_bp_weight": [list(b) for b in LENGTH_BINS],
+            "length_percentiles_5_25_50_75_95": np.percentile(lengths, [5, 25, 50, 75, 95]).tolist(),
+            "mean_tokens": float(token_counts.mean()),
+            "batch_size": args.batch_size,
+        },
+        "cases": results,
+        "ratios": ratios,
+        "padding_invariance_checks": checks,
+        "tokenizer": tokenizer_benchmark(realistic_barcodes(args.tokenizer_sequences, seed=1), args),
+        "wall_s": time.perf_counter() - started,
+    }
+    rows = [
+        {
+            "case": name,
+            "barcodes/s": r["per_s"],
+            "median s": r["median_s"],
+            "min-max s": f"{r['min_s']:.3g}-{r['max_s']:.3g}",
+        }
+        for name, r in results.items()
+    ]
+    tokenizer_rows = [
+        {"tokenizer": name, "sequences/s": r["per_s"], "median s": r["median_s"]}
+        for name, r in payload["tokenizer"]["cases"].items()
+    ]
+    tables = {
+        f"embedding, {len(sequences)} barcodes, batch {args.batch_size}": format_table(
+            rows, ["case", "barcodes/s", "median s", "min-max s"]
+        ),
+        "throughput ratios": format_table(
+            [{"ratio": name, **values} for name, values in ratios.items()],
+            ["ratio", "ratio_of_medians", "paired_median", "paired_min", "paired_max"],
+        ),
+        "padding invariance": format_table([{"check": k, "value": v} for k, v in checks.items()], ["check", "value"]),
+        f"tokenizer, {payload['tokenizer']['sequences']} barcodes": format_table(
+            tokenizer_rows, ["tokenizer", "sequences/s", "median s"]
+        ),
+    }
+    return report(args, machine, payload, tables)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Smoke runs of the benchmark scripts at tiny sizes: they run and write JSON with the expected keys.
+
+No timing is asserted (speed is measured by the scripts themselves, see benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks import embed, identify, pretrain_step
+
+COMMON = ["--tiny", "--threads", "1", "--repeats", "1", "--warmup", "1"]
+
+
+def run(module, tmp_path, *extra: str) -> dict:
+    output = tmp_path / "result.json"
+    returned = module.main([*COMMON, "--output", str(output), *extra])
+    written = json.loads(output.read_text())
+    assert written.keys() == returned.keys()
+    assert {"settings", "machine"} <= written.keys()
+    assert {"cpu", "torch", "torch_threads", "load_average_at_start", "load_average_at_end"} <= written[
+        "machine"
+    ].keys()
+    assert written["machine"]["torch_threads"] == 1
+    return written
+
+
+def test_pretrain_step(tmp_path):
+    result = run(pretrain_step, tmp_path, "--profile", "--profile-top", "3")
+    small = result["small"]
+    assert set(small["cases"]) == {"mae@0.5", "mlm@0.5", "mae@0.75", "mlm@0.75", "mae+visible-loss@0.5"}
+    for case in [*small["cases"].values(), *result["paper"]["cases"].values()]:
+        assert {"per_s", "median_s", "peak_step_mb", "params_and_adam_state_mb"} <= case.keys()
+        assert case["per_s"] > 0
+    assert set(small["ratios"]) == {"mae/mlm@0.5", "mae/mlm@0.75", "mae+visible-loss/mlm@0.5"}
+    assert set(result["paper"]["ratios"]) == {"ours_mae/reference_mae", "ours_mae/ours_mlm"}
+    assert small["padding"]["mae@0.5"]["encoder_input_shape"][1] < small["padding"]["mae@0.5"]["batch_full_length"]
+    for profile in result["profile"].values():
+        assert len(profile["top_ops"]) == 3
+        assert set(profile["phases_ms"]) == {"forward", "backward", "optimizer"}
+
+
+def test_embed(tmp_path):
+    result = run(embed, tmp_path)
+    assert {"inputs", "cases", "ratios", "tokenizer", "padding_invariance_checks"} <= result.keys()
+    batchings = {(case["model"], case["batching"]) for case in result["cases"].values()}
+    assert {("BertModel", "input order"), ("BertModel", "length-sorted")} <= batchings
+    assert all(value < 1e-4 for value in result["padding_invariance_checks"].values())
+    assert result["tokenizer"]["ratio_fast/plain"] > 0
+    assert result["ratios"]
+
+
+@pytest.mark.skipif(shutil.which("vsearch") is None, reason="vsearch not installed")
+def test_identify(tmp_path):
+    result = run(identify, tmp_path)
+    assert {"model", "data", "reference_index", "cases", "ratios", "genus_calls"} <= result.keys()
+    assert result["data"]["queries"] > 0
+    assert 0.0 <= result["genus_calls"]["agreement_ours_vs_vsearch"] <= 1.0
