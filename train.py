@@ -6,9 +6,9 @@
     python train.py run.yaml                       # every argument from a JSON/YAML file
 
 Model sizes come from ``configs/<preset>.json`` (tiny / small / paper), overridable per field
-(``--hidden_size 512``). Any ``TrainingArguments`` flag works. At the end ``OUTPUT_DIR`` holds the pretraining
-model, ``OUTPUT_DIR/encoder/`` the encoder-only Hub folder, ``loss_curve.png``, ``data_report.json`` and
-``run_info.json``.
+(``--hidden_size 512``). Any ``TrainingArguments`` flag works, plus ``--max_train_minutes`` (a wall-clock
+budget). At the end ``OUTPUT_DIR`` holds the pretraining model, ``OUTPUT_DIR/encoder/`` the encoder-only Hub
+folder, ``loss_curve.png``, ``data_report.json`` and ``run_info.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -90,6 +91,39 @@ class DataArguments:
     )
     probe_queries: int = 1000
     probe_references: int = 5000
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenisation (`Dataset.map(num_proc=...)`)."}
+    )
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Wall-clock budget: stop (evaluating and saving) at the first step after this many minutes of "
+            "training. The schedule still runs to max_steps, so the learning rate is not annealed at the stop."
+        },
+    )
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training, with a final evaluation and checkpoint, once ``max_minutes`` of training have passed."""
+
+    def __init__(self, max_minutes: float):
+        self.max_seconds = 60.0 * max_minutes
+        self.started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.started >= self.max_seconds:
+            logger.info("Time budget of %.1f min reached at step %d", self.max_seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = args.save_strategy != "no"
+        return control
 
 
 @dataclass
@@ -126,7 +160,7 @@ class BarcodeCollator:
         return {**self.inner(chosen), "batch_seed": torch.tensor(batch_seed)}
 
 
-def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int):
+def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int, num_proc: int | None = None):
     """Columns ``frames`` (the token ids of each barcode read from offsets ``0..frames-1``) and ``row`` (its index),
     computed with ``Dataset.map`` and cached by datasets."""
 
@@ -137,7 +171,14 @@ def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int):
         frames_per_row = [[encoded["input_ids"][i] for encoded in per_offset] for i in range(len(rows))]
         return {"frames": frames_per_row, "row": rows}
 
-    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    return dataset.map(
+        encode,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc="Tokenizing",
+    )
 
 
 class EmbeddingProbe:
@@ -199,8 +240,8 @@ class PretrainingTrainer(Trainer):
         return output
 
 
-def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         model_args, data_args, training_args = parse(argv[0])
@@ -265,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         train, validation, probe_rows, report = load_datasets(data_args, config, training_args.seed)
     logger.info("Data: %s", report.summary())
     frames = config.k_mer if data_args.random_offset else 1
-    train_frames = tokenize_frames(train, tokenizer, frames)
+    train_frames = tokenize_frames(train, tokenizer, frames, data_args.preprocessing_num_workers)
     validation_frames = tokenize_frames(validation, tokenizer, 1)
     probe = EmbeddingProbe(*probe_rows, tokenizer) if probe_rows is not None else None
 
@@ -279,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=validation_frames,
         processing_class=tokenizer,
         embedding_probe=probe,
+        callbacks=[TimeBudgetCallback(training_args.max_train_minutes)] if training_args.max_train_minutes else None,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()

@@ -41,6 +41,7 @@ from benchmarks.common import (
     simulated_barcodes,
     speed_ratio,
     summarize,
+    synchronize,
     tensor_mb,
     time_interleaved,
 )
@@ -115,7 +116,8 @@ class ReferenceMAE(nn.Module):
         encoded = self.projection(encoded)
         decoder_input = encoded.new_zeros(batch, length, encoded.shape[-1])
         decoder_input[seen] = encoded[slots]
-        decoder_input[masked] = self.decoder.bert.embeddings.word_embeddings.weight[config.pad_token_id]
+        mask_embedding = self.decoder.bert.embeddings.word_embeddings.weight[config.pad_token_id]
+        decoder_input[masked] = mask_embedding.to(decoder_input.dtype)
         logits = self.decoder(inputs_embeds=decoder_input, attention_mask=attention_mask, position_ids=positions).logits
         labels = input_ids.masked_fill(~masked, IGNORE_INDEX)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
@@ -134,13 +136,37 @@ def loss_of(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(**batch).loss
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> Callable[[], None]:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, autocast: torch.dtype | None = None
+) -> Callable[[], None]:
+    device_type = batch["input_ids"].device.type
+
     def step() -> None:
-        loss_of(model, batch).backward()
+        with torch.autocast(device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = loss_of(model, batch)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    """Floating-point operations of one training step (forward + backward matmuls and attention), counted by
+    `torch.utils.flop_counter`; the optimizer's elementwise work is not counted (as usual for MFU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def peak_tflops(args, device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU for MFU: ``--peak-tflops``, else the spec of an H100/H200 SXM (989 TFLOP/s)."""
+    if args.peak_tflops or device.type != "cuda":
+        return args.peak_tflops
+    name = torch.cuda.get_device_name(device)
+    return 989.4 if ("H100" in name or "H200" in name) else None
 
 
 def build(kind: str, config, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -153,18 +179,24 @@ def build(kind: str, config, device: torch.device) -> tuple[nn.Module, torch.opt
 def measure(
     cases: dict[str, tuple[nn.Module, torch.optim.Optimizer]], batch: Batch, args, device
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
-    """Per-case throughput and memory, and the raw per-round step times."""
-    steps = {name: train_step(model, optimizer, batch) for name, (model, optimizer) in cases.items()}
+    """Per-case throughput, memory and model FLOP utilisation, and the raw per-round step times."""
+    autocast = torch.bfloat16 if args.bf16 else None
+    steps = {name: train_step(model, optimizer, batch, autocast) for name, (model, optimizer) in cases.items()}
     times = time_interleaved(steps, args.repeats, args.warmup, device)
+    peak = peak_tflops(args, device)
     results = {}
     for name, (model, optimizer) in cases.items():
         params = list(model.parameters())
         state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        summary = summarize(times[name], len(batch["input_ids"]))
+        achieved = step_flops(steps[name]) / summary["median_s"] / 1e12
         results[name] = {
-            **summarize(times[name], len(batch["input_ids"])),
+            **summary,
             "parameters_m": sum(p.numel() for p in params) / 1e6,
             "params_and_adam_state_mb": tensor_mb(params) + tensor_mb(state),
             "peak_step_mb": peak_memory_mb(steps[name], device),
+            "achieved_tflops": achieved,
+            "mfu": achieved / peak if peak else None,
         }
     return results, times
 
@@ -218,36 +250,50 @@ def category(name: str, shapes: list, config) -> str:
     return "other (elementwise incl. rotary, indexing, copies, masking)"
 
 
-def profile_step(model: BarcodeMAEForPreTraining, optimizer, batch: Batch, top: int) -> dict[str, Any]:
+def profile_step(
+    model: BarcodeMAEForPreTraining, optimizer, batch: Batch, top: int, autocast: torch.dtype | None = None
+) -> dict[str, Any]:
+    """Top ops of one step by self time: CPU time on CPU, GPU kernel time on CUDA."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    train_step(model, optimizer, batch)()  # warm-up
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        with record_function("phase:forward"):
+    device = batch["input_ids"].device
+    on_gpu = device.type == "cuda"
+    train_step(model, optimizer, batch, autocast)()  # warm-up
+    synchronize(device)
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
+    with profile(activities=activities, record_shapes=True) as prof:
+        precision = torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None)
+        with record_function("phase:forward"), precision:
             loss = loss_of(model, batch)
         with record_function("phase:backward"):
             loss.backward()
         with record_function("phase:optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+
+    def self_time(event) -> float:
+        return event.self_device_time_total if on_gpu else event.self_cpu_time_total
+
     averages = prof.key_averages(group_by_input_shape=True)
-    total = sum(event.self_cpu_time_total for event in averages)
+    total = sum(self_time(event) for event in averages)
     phases = {e.key.split(":", 1)[1]: e.cpu_time_total / 1e3 for e in averages if e.key.startswith("phase:")}
-    ops = sorted((e for e in averages if not e.key.startswith("phase:")), key=lambda e: -e.self_cpu_time_total)
+    ops = sorted((e for e in averages if not e.key.startswith("phase:")), key=lambda e: -self_time(e))
     categories: dict[str, float] = {}
     for event in ops:
         bucket = category(event.key, event.input_shapes, model.config)
-        categories[bucket] = categories.get(bucket, 0.0) + event.self_cpu_time_total / total
+        categories[bucket] = categories.get(bucket, 0.0) + self_time(event) / total
     return {
-        "total_self_cpu_ms": total / 1e3,
+        "clock": "self GPU time" if on_gpu else "self CPU time",
+        "total_self_ms": total / 1e3,
         "phases_ms": phases,
         "category_shares": dict(sorted(categories.items(), key=lambda item: -item[1])),
         "top_ops": [
             {
                 "op": event.key,
                 "input_shapes": str(event.input_shapes)[:120],
-                "self_cpu_ms": event.self_cpu_time_total / 1e3,
-                "share": event.self_cpu_time_total / total,
+                "self_ms": self_time(event) / 1e3,
+                "share": self_time(event) / total,
                 "calls": event.count,
             }
             for event in ops[:top]
@@ -255,11 +301,11 @@ def profile_step(model: BarcodeMAEForPreTraining, optimizer, batch: Batch, top: 
     }
 
 
-def run_profile(config_name: str, batch: Batch, device, top: int) -> dict[str, Any]:
+def run_profile(config_name: str, batch: Batch, device, top: int, autocast: torch.dtype | None) -> dict[str, Any]:
     profiles = {}
     for objective in ("mae", "mlm"):
         model, optimizer = build("ours", load_preset(config_name, objective=objective, mask_ratio=0.5), device)
-        profiles[objective] = profile_step(model, optimizer, batch, top)
+        profiles[objective] = profile_step(model, optimizer, batch, top, autocast)
     return profiles
 
 
@@ -272,6 +318,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-paper", action="store_true", help="skip the paper-size comparison")
     parser.add_argument("--profile", action="store_true", help="profile one MAE and one MLM small-preset step")
     parser.add_argument("--profile-top", type=int, default=15)
+    parser.add_argument("--profile-preset", choices=("small", "paper"), default="small")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as the Trainer's --bf16)")
+    parser.add_argument("--peak-tflops", type=float, help="peak for MFU (default: 989.4 on an H100/H200)")
     return parser.parse_args(argv)
 
 
@@ -317,6 +366,8 @@ def case_rows(section: dict[str, Any]) -> list[dict[str, Any]]:
             "params M": case["parameters_m"],
             "static MiB": case["params_and_adam_state_mb"],
             "peak step MiB": case["peak_step_mb"],
+            "TFLOP/s": case["achieved_tflops"],
+            "MFU": f"{100 * case['mfu']:.1f}%" if case["mfu"] else "-",
         }
         for name, case in section["cases"].items()
     ]
@@ -332,7 +383,7 @@ def profile_rows(profile: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "op": op["op"],
             "input shapes": op["input_shapes"],
-            "self ms": op["self_cpu_ms"],
+            "self ms": op["self_ms"],
             "share": f"{100 * op['share']:.1f}%",
             "calls": op["calls"],
         }
@@ -348,6 +399,7 @@ def main(argv=None) -> dict[str, Any]:
     if args.tiny:
         args.batch_size, args.paper_batch_size = min(args.batch_size, 4), min(args.paper_batch_size, 2)
     columns = ["case", "barcodes/s", "median step s", "min-max s", "params M", "static MiB", "peak step MiB"]
+    columns += ["TFLOP/s", "MFU"]
     payload: dict[str, Any] = {"small": small_benchmark(args, device, small_preset)}
     tables = {f"{small_preset} preset, batch {args.batch_size}": format_table(case_rows(payload["small"]), columns)}
     tables["throughput ratios (small)"] = ratio_table(payload["small"]["ratios"])
@@ -362,13 +414,17 @@ def main(argv=None) -> dict[str, Any]:
         )
         tables["throughput ratios (paper)"] = ratio_table(payload["paper"]["ratios"])
     if args.profile:
-        payload["profile"] = run_profile(small_preset, make_batch(args.batch_size, device), device, args.profile_top)
+        preset = paper_preset if args.profile_preset == "paper" else small_preset
+        size = args.paper_batch_size if args.profile_preset == "paper" else args.batch_size
+        autocast = torch.bfloat16 if args.bf16 else None
+        payload["profile"] = run_profile(preset, make_batch(size, device), device, args.profile_top, autocast)
         for objective, profile in payload["profile"].items():
             phases = ", ".join(f"{name} {ms:.0f} ms" for name, ms in profile["phases_ms"].items())
-            title = f"profile {objective} (self CPU total {profile['total_self_cpu_ms']:.0f} ms; {phases})"
+            clock = profile["clock"]
+            title = f"profile {preset} {objective}, batch {size} ({clock} {profile['total_self_ms']:.0f} ms; {phases})"
             tables[title] = format_table(profile_rows(profile), ["op", "input shapes", "self ms", "share", "calls"])
             shares = [{"category": k, "share": f"{100 * v:.1f}%"} for k, v in profile["category_shares"].items()]
-            tables[f"profile {objective}: self CPU time by category"] = format_table(shares, ["category", "share"])
+            tables[f"profile {preset} {objective}: {clock} by category"] = format_table(shares, ["category", "share"])
     return report(args, machine, payload, tables)
 
 
