@@ -13,7 +13,10 @@ of ``--batch-size``, padded to the batch maximum, mean of the last hidden states
   (rotary positions, as shipped) and, for an architecture-matched row, the same with absolute positions.
 * BERT: `BertModel` (SDPA, no pooler) with the same hidden size, layers, heads, FFN, vocabulary and max positions,
   batched by this script in the same two ways (input order; or sorted by length, then restored).
-* fp32, plus bf16 autocast rows.
+* fp32 at ``--batch-size`` (128, the `Embedder` default), plus length-sorted rows at ``--sweep-batch-sizes``
+  (default 32) and bf16 autocast rows (length-sorted, on the first ``--bf16-sequences`` barcodes).
+* the padding the two batchings cost (token slots computed per real token), and a check that both batchings give
+  the same embeddings.
 
 Run: ``python -m benchmarks.embed --threads 2``.
 """
@@ -21,6 +24,7 @@ Run: ``python -m benchmarks.embed --threads 2``.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,6 +68,14 @@ def realistic_barcodes(count: int, seed: int = 0) -> list[str]:
         start = int(rng.integers(0, len(sequence) - length + 1))
         sequences.append(sequence[start : start + length])
     return sequences
+
+
+def padded_slots(token_counts: np.ndarray, batch_size: int) -> int:
+    """Token slots the encoder computes when batches of ``batch_size`` are padded to their longest member."""
+    return sum(
+        int(chunk.max()) * len(chunk)
+        for chunk in np.array_split(token_counts, range(batch_size, len(token_counts), batch_size))
+    )
 
 
 # ------------------------------------------------------------------------------------------- BERT
@@ -148,36 +160,79 @@ def tokenizer_benchmark(sequences: list[str], args) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     parser = base_parser(__doc__.split("\n")[0], "embed")
-    parser.add_argument("--sequences", type=int, default=1024, help="barcodes embedded per timed call")
+    parser.add_argument("--sequences", type=int, default=512, help="barcodes embedded per timed fp32 call")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--tokenizer-sequences", type=int, default=8192)
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
-    parser.set_defaults(repeats=3)
+    parser.add_argument("--bf16-sequences", type=int, default=128, help="barcodes per timed bf16 call")
+    parser.add_argument(
+        "--sweep-batch-sizes",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        default=[32],
+        help="extra length-sorted fp32 rows at these batch sizes (comma-separated; empty for none)",
+    )
+    parser.set_defaults(repeats=5)
     return parser.parse_args(argv)
 
 
-def build_cases(args, device, preset: str) -> dict[str, tuple[str, str, Callable[[Sequence[str]], np.ndarray]]]:
-    """``name -> (model, batching, embed function)``."""
+Case = tuple[str, str, Callable[[Sequence[str]], np.ndarray]]
+
+
+def build_cases(args, device, preset: str) -> tuple[dict[str, Case], dict[str, Case]]:
+    """fp32 and bf16 cases, each ``name -> (model, batching, embed function)``. bf16 (an extra row): the preset's
+    encoder and BERT, length-sorted only."""
     tokenizer = BarcodeMAETokenizer(k_mer=6)
     torch.manual_seed(0)
     config = load_preset(preset)
-    models = {f"ours ({config.position_embedding_type} positions)": BarcodeMAEModel(config)}
-    if config.position_embedding_type != "absolute":  # the architecture-matched extra row (fp32 only)
-        models["ours (absolute positions)"] = BarcodeMAEModel(load_preset(preset, position_embedding_type="absolute"))
+    main_name = f"ours ({config.position_embedding_type} positions)"
+    models = {main_name: BarcodeMAEModel(config).to(device)}
+    if config.position_embedding_type != "absolute":  # the architecture-matched extra row
+        absolute = load_preset(preset, position_embedding_type="absolute")
+        models["ours (absolute positions)"] = BarcodeMAEModel(absolute).to(device)
     bert = matching_bert(config).to(device)
-    precisions = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
-    cases = {}
-    for precision in precisions:
-        for sort in (False, True):
-            batching = "length-sorted" if sort else "input order"
-            for name, model in models.items():
-                if precision == "bf16" and name != next(iter(models)):
-                    continue
-                embedder = Embedder(model.to(device), tokenizer, args.batch_size, precision, sort_by_length=sort)
-                cases[f"{name}, {batching}, {precision}"] = (name, batching, embedder)
-            bert_embedder = BertEmbedder(bert, tokenizer, args.batch_size, sort, bf16=precision == "bf16")
-            cases[f"BertModel, {batching}, {precision}"] = ("BertModel", batching, bert_embedder)
-    return cases
+    fp32: dict[str, Case] = {}
+    for sort in (False, True):
+        batching = "length-sorted" if sort else "input order"
+        for name, model in models.items():
+            embedder = Embedder(model, tokenizer, args.batch_size, "fp32", sort_by_length=sort)
+            fp32[f"{name}, {batching}, fp32"] = (name, batching, embedder)
+        bert_embedder = BertEmbedder(bert, tokenizer, args.batch_size, sort, bf16=False)
+        fp32[f"BertModel, {batching}, fp32"] = ("BertModel", batching, bert_embedder)
+    for batch_size in args.sweep_batch_sizes:  # the same, length-sorted, at other batch sizes
+        batching = f"length-sorted, batch {batch_size}"
+        embedder = Embedder(models[main_name], tokenizer, batch_size, "fp32", sort_by_length=True)
+        fp32[f"{main_name}, {batching}, fp32"] = (main_name, batching, embedder)
+        bert_embedder = BertEmbedder(bert, tokenizer, batch_size, True, bf16=False)
+        fp32[f"BertModel, {batching}, fp32"] = ("BertModel", batching, bert_embedder)
+    bf16: dict[str, Case] = {}
+    if not args.no_bf16:
+        ours = Embedder(models[main_name], tokenizer, args.batch_size, "bf16", sort_by_length=True)
+        bf16[f"{main_name}, length-sorted, bf16"] = (main_name, "length-sorted", ours)
+        bert_embedder = BertEmbedder(bert, tokenizer, args.batch_size, True, bf16=True)
+        bf16["BertModel, length-sorted, bf16"] = ("BertModel", "length-sorted", bert_embedder)
+    return fp32, bf16
+
+
+def time_cases(cases: dict[str, Case], sequences: list[str], args, device) -> tuple[dict, dict[str, list[float]]]:
+    """Interleaved timing of embedding ``sequences`` (warm-up: two batches); ``(results, raw times)``."""
+    warm = sequences[: args.batch_size]
+    times = time_interleaved(
+        {name: (lambda fn=fn: fn(sequences)) for name, (_, _, fn) in cases.items()},
+        args.repeats,
+        args.warmup,
+        device,
+        warmup_cases={name: (lambda fn=fn: fn(warm)) for name, (_, _, fn) in cases.items()},
+    )
+    results = {
+        name: {
+            "model": model,
+            "batching": batching,
+            "sequences": len(sequences),
+            **summarize(times[name], len(sequences)),
+        }
+        for name, (model, batching, _) in cases.items()
+    }
+    return results, times
 
 
 def ratios_against_bert(times: dict[str, list[float]], ours: str) -> dict[str, dict[str, float]]:
@@ -201,33 +256,41 @@ def main(argv=None) -> dict[str, Any]:
     device = setup(args)
     machine = machine_info(device)
     if args.tiny:
-        args.sequences, args.batch_size, args.tokenizer_sequences = 24, 8, 64
+        args.sequences, args.batch_size, args.tokenizer_sequences, args.bf16_sequences = 24, 8, 64, 16
+        args.sweep_batch_sizes = [4]
     preset = "tiny" if args.tiny else "small"
     sequences = realistic_barcodes(args.sequences, seed=0)
     lengths = np.array([len(s) for s in sequences])
-    cases = build_cases(args, device, preset)
-    warm = sequences[: 2 * args.batch_size]
+    fp32, bf16 = build_cases(args, device, preset)
     started = time.perf_counter()
-    times = time_interleaved(
-        {name: (lambda fn=fn: fn(sequences)) for name, (_, _, fn) in cases.items()},
-        args.repeats,
-        args.warmup,
-        device,
-        warmup_cases={name: (lambda fn=fn: fn(warm)) for name, (_, _, fn) in cases.items()},
-    )
-    results = {
-        name: {"model": m, "batching": b, **summarize(times[name], len(sequences))} for name, (m, b, _) in cases.items()
-    }
+    results, times = time_cases(fp32, sequences, args, device)
     checks = {}
-    for name in dict.fromkeys(m for m, _, _ in cases.values()):
-        a, b = (cases[f"{name}, {batching}, fp32"][2](sequences[:64]) for batching in ("input order", "length-sorted"))
-        checks[f"{name}: max abs difference, length-sorted vs input order (fp32, 64 barcodes)"] = float(
-            np.abs(a - b).max()
+    for name in dict.fromkeys(m for m, _, _ in fp32.values()):
+        embedded = []
+        for batching in ("input order", "length-sorted"):
+            embedder = copy.copy(fp32[f"{name}, {batching}, fp32"][2])
+            embedder.batch_size = 16  # several batches, so the two orders pad differently
+            embedded.append(embedder(sequences[:64]))
+        checks[f"{name}: max abs difference, length-sorted vs input order (fp32, 64 barcodes, batch 16)"] = float(
+            np.abs(embedded[0] - embedded[1]).max()
         )
     ratios = {}
-    for name in dict.fromkeys(m for m, _, _ in cases.values() if m.startswith("ours")):
+    for name in dict.fromkeys(m for m, _, _ in fp32.values() if m.startswith("ours")):
         ratios |= ratios_against_bert(times, name)
-    token_counts = np.minimum(lengths, 660) // 6
+    main_name = next(iter(fp32.values()))[0]
+    for batch_size in args.sweep_batch_sizes:
+        mine = f"{main_name}, length-sorted, batch {batch_size}, fp32"
+        ratios[f"{main_name} / BertModel, both length-sorted, batch {batch_size}, fp32"] = speed_ratio(
+            times, mine, f"BertModel, length-sorted, batch {batch_size}, fp32"
+        )
+        ratios[f"{main_name}: batch {batch_size} / batch {args.batch_size}, length-sorted, fp32"] = speed_ratio(
+            times, mine, f"{main_name}, length-sorted, fp32"
+        )
+    if bf16:
+        bf16_results, bf16_times = time_cases(bf16, sequences[: args.bf16_sequences], args, device)
+        results |= bf16_results
+        ratios |= ratios_against_bert(bf16_times, next(iter(bf16.values()))[0])
+    token_counts = lengths // 6
     payload = {
         "preset": preset,
         "inputs": {
@@ -235,6 +298,10 @@ def main(argv=None) -> dict[str, Any]:
             "length_bins_bp_weight": [list(b) for b in LENGTH_BINS],
             "length_percentiles_5_25_50_75_95": np.percentile(lengths, [5, 25, 50, 75, 95]).tolist(),
             "mean_tokens": float(token_counts.mean()),
+            "padded_slots_per_real_token": {
+                "input order": padded_slots(token_counts, args.batch_size) / token_counts.sum(),
+                "length-sorted": padded_slots(np.sort(token_counts), args.batch_size) / token_counts.sum(),
+            },
             "batch_size": args.batch_size,
         },
         "cases": results,
@@ -246,6 +313,7 @@ def main(argv=None) -> dict[str, Any]:
     rows = [
         {
             "case": name,
+            "barcodes": r["sequences"],
             "barcodes/s": r["per_s"],
             "median s": r["median_s"],
             "min-max s": f"{r['min_s']:.3g}-{r['max_s']:.3g}",
@@ -257,8 +325,8 @@ def main(argv=None) -> dict[str, Any]:
         for name, r in payload["tokenizer"]["cases"].items()
     ]
     tables = {
-        f"embedding, {len(sequences)} barcodes, batch {args.batch_size}": format_table(
-            rows, ["case", "barcodes/s", "median s", "min-max s"]
+        f"embedding, batch {args.batch_size}": format_table(
+            rows, ["case", "barcodes", "barcodes/s", "median s", "min-max s"]
         ),
         "throughput ratios": format_table(
             [{"ratio": name, **values} for name, values in ratios.items()],

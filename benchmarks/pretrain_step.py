@@ -156,7 +156,7 @@ def step_flops(step: Callable[[], None]) -> int:
     `torch.utils.flop_counter`; the optimizer's elementwise work is not counted (as usual for MFU)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, torch._dynamo.config.patch(disable=True):  # count eagerly
         step()
     return counter.get_total_flops()
 
@@ -169,10 +169,12 @@ def peak_tflops(args, device: torch.device) -> float | None:
     return 989.4 if ("H100" in name or "H200" in name) else None
 
 
-def build(kind: str, config, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+def build(kind: str, config, device: torch.device, compile: bool = False) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = ReferenceMAE(config) if kind == "reference" else BarcodeMAEForPreTraining(config)
     model = model.to(device).train()
+    if compile:
+        model.compile()  # as TrainingArguments(torch_compile=True)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
 
 
@@ -316,6 +318,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--paper-batch-size", type=int, default=16)
     parser.add_argument("--paper-repeats", type=int, default=3)
     parser.add_argument("--skip-paper", action="store_true", help="skip the paper-size comparison")
+    parser.add_argument("--skip-small", action="store_true", help="skip the small-preset MAE vs MLM comparison")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (compile time excluded)")
     parser.add_argument("--profile", action="store_true", help="profile one MAE and one MLM small-preset step")
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument("--profile-preset", choices=("small", "paper"), default="small")
@@ -327,12 +331,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def small_benchmark(args, device, preset: str) -> dict[str, Any]:
     batch = make_batch(args.batch_size, device)
     cases = {
-        f"{objective}@{ratio}": build("ours", load_preset(preset, objective=objective, mask_ratio=ratio), device)
+        f"{objective}@{ratio}": build(
+            "ours", load_preset(preset, objective=objective, mask_ratio=ratio), device, args.compile
+        )
         for ratio in (0.5, 0.75)
         for objective in ("mae", "mlm")
     }
     visible = load_preset(preset, objective="mae", mask_ratio=0.5, visible_loss_weight=1.0)
-    cases["mae+visible-loss@0.5"] = build("ours", visible, device)
+    cases["mae+visible-loss@0.5"] = build("ours", visible, device, args.compile)
     results, times = measure(cases, batch, args, device)
     ratios = {f"mae/mlm@{r}": speed_ratio(times, f"mae@{r}", f"mlm@{r}") for r in (0.5, 0.75)}
     ratios["mae+visible-loss/mlm@0.5"] = speed_ratio(times, "mae+visible-loss@0.5", "mlm@0.5")
@@ -343,9 +349,9 @@ def small_benchmark(args, device, preset: str) -> dict[str, Any]:
 def paper_benchmark(args, device, preset: str) -> dict[str, Any]:
     batch = make_batch(args.paper_batch_size, device, seed=1)
     cases = {
-        "ours_mae": build("ours", load_preset(preset, objective="mae", mask_ratio=0.5), device),
-        "reference_mae": build("reference", load_preset(preset, objective="mae", mask_ratio=0.5), device),
-        "ours_mlm": build("ours", load_preset(preset, objective="mlm", mask_ratio=0.5), device),
+        "ours_mae": build("ours", load_preset(preset, objective="mae", mask_ratio=0.5), device, args.compile),
+        "reference_mae": build("reference", load_preset(preset, objective="mae", mask_ratio=0.5), device, args.compile),
+        "ours_mlm": build("ours", load_preset(preset, objective="mlm", mask_ratio=0.5), device, args.compile),
     }
     paper_args = argparse.Namespace(**{**vars(args), "repeats": args.paper_repeats})
     results, times = measure(cases, batch, paper_args, device)
@@ -400,13 +406,17 @@ def main(argv=None) -> dict[str, Any]:
         args.batch_size, args.paper_batch_size = min(args.batch_size, 4), min(args.paper_batch_size, 2)
     columns = ["case", "barcodes/s", "median step s", "min-max s", "params M", "static MiB", "peak step MiB"]
     columns += ["TFLOP/s", "MFU"]
-    payload: dict[str, Any] = {"small": small_benchmark(args, device, small_preset)}
-    tables = {f"{small_preset} preset, batch {args.batch_size}": format_table(case_rows(payload["small"]), columns)}
-    tables["throughput ratios (small)"] = ratio_table(payload["small"]["ratios"])
-    pad = payload["small"]["padding"]
-    tables["MAE encoder input"] = format_table(
-        [{"case": k, **v} for k, v in pad.items()], ["case", *next(iter(pad.values()))]
-    )
+    payload: dict[str, Any] = {"compiled": args.compile}
+    tables = {}
+    if not args.skip_small:
+        payload["small"] = small_benchmark(args, device, small_preset)
+        small_table = format_table(case_rows(payload["small"]), columns)
+        tables[f"{small_preset} preset, batch {args.batch_size}"] = small_table
+        tables["throughput ratios (small)"] = ratio_table(payload["small"]["ratios"])
+        pad = payload["small"]["padding"]
+        tables["MAE encoder input"] = format_table(
+            [{"case": k, **v} for k, v in pad.items()], ["case", *next(iter(pad.values()))]
+        )
     if not args.skip_paper:
         payload["paper"] = paper_benchmark(args, device, paper_preset)
         tables[f"{paper_preset} preset, batch {args.paper_batch_size}"] = format_table(
