@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import DeviceType
 from transformers import BertConfig, BertForTokenClassification, BertModel
 
 from benchmarks.common import (
@@ -228,6 +229,27 @@ def encoder_padding(model: BarcodeMAEForPreTraining, batch: Batch) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------- profile
+KERNEL_CATEGORIES = (  # substrings of GPU kernel names (cuBLAS, cuDNN, PyTorch) -> bucket
+    (("adam",), "optimizer"),
+    (("gemm", "nvjet", "cutlass", "xmma", "splitk"), "matmuls (cuBLAS)"),
+    (("sdpa", "flash", "fmha", "attention"), "attention kernels (SDPA)"),
+    (("layer_norm", "layernorm", "gammabeta"), "LayerNorm"),
+    (("gelu",), "GELU"),
+    (("dropout", "bernoulli"), "dropout"),
+    (("softmax", "nll_loss", "cross_entropy", "log_softmax"), "loss (log-softmax, NLL)"),
+    (("cat", "copy", "index", "scatter", "gather"), "copies, casts, gather/scatter"),
+    (("reduce",), "reductions (bias grads, sums)"),
+)
+
+
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    for needles, bucket in KERNEL_CATEGORIES:
+        if any(needle in lowered for needle in needles):
+            return bucket
+    return "other elementwise"
+
+
 def category(name: str, shapes: list, config) -> str:
     """Heuristic bucket of one profiled op, from its name and input shapes (``config`` gives the sizes)."""
     dims = {d for shape in shapes if isinstance(shape, list) for d in shape}
@@ -277,13 +299,17 @@ def profile_step(
     def self_time(event) -> float:
         return event.self_device_time_total if on_gpu else event.self_cpu_time_total
 
-    averages = prof.key_averages(group_by_input_shape=True)
-    total = sum(self_time(event) for event in averages)
+    averages = prof.key_averages(group_by_input_shape=not on_gpu)
     phases = {e.key.split(":", 1)[1]: e.cpu_time_total / 1e3 for e in averages if e.key.startswith("phase:")}
-    ops = sorted((e for e in averages if not e.key.startswith("phase:")), key=lambda e: -self_time(e))
+    if on_gpu:  # the kernels themselves (an aten op's device time repeats its kernels')
+        ops = [e for e in averages if e.device_type == DeviceType.CUDA]
+    else:
+        ops = [e for e in averages if not e.key.startswith("phase:")]
+    ops.sort(key=lambda e: -self_time(e))
+    total = sum(self_time(event) for event in ops)
     categories: dict[str, float] = {}
     for event in ops:
-        bucket = category(event.key, event.input_shapes, model.config)
+        bucket = kernel_category(event.key) if on_gpu else category(event.key, event.input_shapes, model.config)
         categories[bucket] = categories.get(bucket, 0.0) + self_time(event) / total
     return {
         "clock": "self GPU time" if on_gpu else "self CPU time",
