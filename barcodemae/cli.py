@@ -67,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--robustness-queries", type=int, default=2000, help="unseen queries for the Fig. 3 curves")
     evaluate.set_defaults(handler=_evaluate)
 
-    export = commands.add_parser("export", help="pretraining checkpoint → encoder-only Hub folder + model card")
-    export.add_argument("checkpoint", help="checkpoint folder, or a run folder with checkpoint-N sub-folders")
+    export = commands.add_parser(
+        "export", help="pretraining checkpoint (or encoder folder) → encoder-only Hub folder + model card"
+    )
+    export.add_argument(
+        "checkpoint", help="checkpoint folder, a run folder with checkpoint-N sub-folders, or an encoder folder"
+    )
     export.add_argument("out", help="new folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
     _add_card_options(export)

@@ -58,11 +58,21 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return steps[-1][1]
 
 
+def _architectures(checkpoint: Path) -> list[str]:
+    return json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+
+
+def _load_encoder(folder: Path):
+    """An encoder-only folder (e.g. ``train.py``'s ``OUTPUT_DIR/encoder``), re-exported with this code."""
+    from modeling_barcodemae import BarcodeMAEModel
+
+    return BarcodeMAEModel.from_pretrained(folder, local_files_only=True).eval()
+
+
 def _load_pretraining(checkpoint: Path):
     from modeling_barcodemae import BarcodeMAEForPreTraining
 
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    architectures = config.get("architectures") or []
+    architectures = _architectures(checkpoint)
     if "BarcodeMAEForPreTraining" not in architectures:
         found = ", ".join(architectures) or "none"
         raise ValueError(
@@ -91,13 +101,18 @@ def export_checkpoint(
     repo_id: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the encoder-only Hub folder of ``checkpoint`` (plus ``README.md``) to ``out_dir``; returns it."""
+    """Write the encoder-only Hub folder of ``checkpoint`` (a pretraining checkpoint, or an encoder-only folder)
+    plus ``README.md`` to ``out_dir``; returns it."""
     source = find_checkpoint(checkpoint)
-    model = _load_pretraining(source)
+    model = _load_encoder(source) if _architectures(source) == ["BarcodeMAEModel"] else _load_pretraining(source)
     tokenizer = _load_tokenizer(source, model.config)
     out_dir = Path(out_dir)
     with atomic_folder(out_dir, replace=lambda old: overwrite) as folder:
-        model.save_encoder(folder, tokenizer)
+        if hasattr(model, "save_encoder"):
+            model.save_encoder(folder, tokenizer)
+        else:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
         write_model_card(
             folder,
             results=results,

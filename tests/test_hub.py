@@ -15,6 +15,8 @@ import yaml
 from cli_helpers import export_tiny_encoder, files_in, run, tiny_pretraining_model
 from safetensors import safe_open
 
+from modeling_barcodemae import BarcodeMAEForSequenceClassification
+
 RESULTS = {
     "barcodemae-tiny": {
         "species_linear_probe_accuracy": 91.25,
@@ -61,11 +63,33 @@ def test_export_from_run_folder_writes_encoder_and_card(tmp_path, capsys):
     assert not [name for name in files_in(tmp_path) if name.endswith(".tmp")]
 
 
-def test_export_refuses_an_encoder_folder(tmp_path, capsys):
-    encoder = export_tiny_encoder(tmp_path / "encoder")
-    code, _, err = run(capsys, "export", encoder, tmp_path / "out")
+def test_export_of_an_encoder_folder_keeps_its_weights_and_adds_a_card(tmp_path, capsys):
+    encoder = export_tiny_encoder(tmp_path / "encoder")  # e.g. train.py's OUTPUT_DIR/encoder
+    results = write_results(tmp_path)
+    code, _, err = run(capsys, "export", encoder, tmp_path / "out", "--results", results, "--results-key", "other")
+    assert code == 0, err
+    with (
+        safe_open(encoder / "model.safetensors", "pt") as before,
+        safe_open(tmp_path / "out/model.safetensors", "pt") as after,
+    ):
+        assert sorted(before.keys()) == sorted(after.keys())
+        assert all(before.get_tensor(key).equal(after.get_tensor(key)) for key in before.keys())  # noqa: SIM118
+    assert "trust_remote_code=True" in (tmp_path / "out/README.md").read_text()
+
+
+def test_export_refuses_a_classifier_folder(tmp_path, capsys):
+    model, tokenizer = tiny_pretraining_model()
+    classifier = BarcodeMAEForSequenceClassification(model.config)
+    classifier.save_pretrained(tmp_path / "classifier")
+    code, _, err = run(capsys, "export", tmp_path / "classifier", tmp_path / "out")
     assert code == 2 and "not a BarcodeMAEForPreTraining checkpoint" in err
-    assert files_in(tmp_path) == ["encoder"]
+    assert files_in(tmp_path) == ["classifier"]
+
+
+def write_results(folder: Path) -> Path:
+    path = folder / "results.json"
+    path.write_text(json.dumps(RESULTS))
+    return path
 
 
 class FakeHub(BaseHTTPRequestHandler):
