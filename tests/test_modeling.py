@@ -10,6 +10,7 @@ from modeling_barcodemae import (
     BarcodeMAEForSequenceClassification,
     BarcodeMAEModel,
     random_masking,
+    shift_frame,
 )
 from tokenization_barcodemae import BarcodeMAETokenizer
 
@@ -199,3 +200,51 @@ def test_visible_loss_adds_a_weighted_reconstruction_term(batch):
     visible_term = outputs[1.0].loss - outputs[0.0].loss
     assert visible_term > 1.0  # an untrained model cannot reconstruct the visible k-mers either
     torch.testing.assert_close(outputs[0.5].loss - outputs[0.0].loss, 0.5 * visible_term)
+
+
+@pytest.mark.parametrize("shift", [1, 2, 3])
+def test_shift_frame_matches_tokenizing_the_shifted_barcode(tokenizer, batch, shift):
+    ids, mask = shift_frame(batch["input_ids"], batch["attention_mask"], shift, tiny_config())
+    for row, sequence in enumerate(SEQUENCES):
+        direct = tokenizer(sequence[shift:], truncation=True)["input_ids"]
+        derived = ids[row][mask[row].bool()].tolist()
+        assert len(derived) in (len(direct), len(direct) - 1)  # the trailing bases of frame 0 were not tokenised
+        unk = tokenizer.unk_token_id  # a shifted k-mer touching an [UNK] of frame 0 is [UNK]: its bases are lost
+        assert [d for d, t in zip(derived, direct) if d != unk] == [t for d, t in zip(derived, direct) if d != unk]
+        assert sum(d == unk for d in derived) >= sum(t == unk for t in direct[: len(derived)])
+        if "N" not in sequence and "R" not in sequence:
+            assert derived == direct[: len(derived)]
+
+
+def test_frame_pooling_averages_the_shifted_frames_and_ignores_padding(tokenizer, batch):
+    torch.manual_seed(0)
+    single = BarcodeMAEModel(tiny_config()).eval()
+    pooled = BarcodeMAEModel(tiny_config(embedding_frames=4)).eval()
+    pooled.load_state_dict(single.state_dict())
+    with torch.no_grad():
+        frames = [single(**batch).pooler_output]
+        for shift in (1, 2, 3):
+            ids, mask = shift_frame(batch["input_ids"], batch["attention_mask"], shift, single.config)
+            frames.append(single(ids, mask).pooler_output)
+        output = pooled(**batch)
+        alone = pooled(**tokenizer(SEQUENCES[1:2], return_tensors="pt"))
+    torch.testing.assert_close(output.pooler_output, torch.stack(frames).mean(0))
+    torch.testing.assert_close(output.last_hidden_state, single(**batch).last_hidden_state)
+    torch.testing.assert_close(output.pooler_output[1], alone.pooler_output[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(output.pooler_output, frames[0])
+
+
+def test_frame_pooling_is_not_used_in_pretraining(batch):
+    losses = []
+    for frames in (1, 4):
+        torch.manual_seed(0)
+        model = BarcodeMAEForPreTraining(tiny_config(embedding_frames=frames, visible_loss_weight=1.0))
+        torch.manual_seed(1)
+        losses.append(model(**batch).loss)
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_embedding_frames_must_fit_k():
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="embedding_frames"):
+            tiny_config(embedding_frames=bad)
