@@ -397,6 +397,15 @@ class Protocol:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def model_names(paths: Sequence[str | Path]) -> list[str]:
+    """Short unique row names: each folder's name, or ``parent/name`` (else the whole path) where names clash."""
+    for depth in (1, 2):
+        names = ["/".join(Path(path).parts[-depth:]) for path in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(path) for path in paths]
+
+
 def _partition(records: list[dict], name: str) -> tuple[Partition, int]:
     rows = [r for r in records if r.get("split") == name]
     keep = first_occurrence_indices([str(r["dna_barcode"]) for r in rows])
@@ -765,8 +774,7 @@ def run_evaluation(
     tsne_labels = [protocol.unseen.genus[i] for i in tsne_rows]
     results: dict[str, dict] = {}
     tsne_inputs: dict[str, tuple[np.ndarray, list]] = {}
-    for path in models:
-        name = Path(path).name if Path(path).name not in results else str(path)
+    for path, name in zip(models, model_names(models)):
         embedder = Embedder.from_pretrained(path)
         results[name] = evaluate_embedder(
             embedder, protocol, robustness_rates=robustness_rates, seed=seed, robustness_queries=robustness_queries

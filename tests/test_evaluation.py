@@ -260,3 +260,9 @@ def test_underrepresented_genera_lower_half():
     chosen = underrepresented_genera(labels, n_genera=3, seed=0)
     assert len(chosen) == 3 and set(chosen) <= {f"g{i}" for i in range(6)}
     assert chosen == underrepresented_genera(labels, n_genera=3, seed=0)
+
+
+def test_model_names_are_short_and_unique():
+    assert ev.model_names(["pretrained/a", "pretrained/b"]) == ["a", "b"]
+    assert ev.model_names(["runs/mae/encoder", "runs/mlm/encoder"]) == ["mae/encoder", "mlm/encoder"]
+    assert ev.model_names(["x/run/encoder", "y/run/encoder"]) == ["x/run/encoder", "y/run/encoder"]
