@@ -9,11 +9,15 @@ import argparse
 import hashlib
 import json
 import platform
+import shlex
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from barcodemae.hub import export_checkpoint
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def sha256(path: str) -> str:
@@ -22,6 +26,12 @@ def sha256(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def describe_data_file(path: str) -> str:
+    """Name and sha256 of a run's data file (looked up in ../shared/data when the run used a copy elsewhere)."""
+    here = next((c for c in (Path(path), SHARED_DATA / Path(path).name) if c.is_file()), None)
+    return f"`{Path(path).name}` (sha256 `{sha256(here)}`)" if here else f"`{path}` (not present here)"
 
 
 def cpu_name() -> str:
@@ -40,41 +50,67 @@ def evaluations(run: Path) -> list[dict]:
     return [entry for entry in state["log_history"] if "eval_loss" in entry]
 
 
-def run_info_best(run: Path) -> str:
+def best_source(run: Path) -> Path:
+    """The run's best checkpoint; else its ``encoder/`` export (which ``load_best_model_at_end`` made from it)."""
     info = json.loads((run / "run_info.json").read_text())
-    return info["best_checkpoint"] or str(sorted(run.glob("checkpoint-*"))[-1])
+    best = Path(info["best_checkpoint"] or "")
+    if info["best_checkpoint"] and best.is_dir():
+        return best
+    if (run / "encoder" / "config.json").is_file():
+        return run / "encoder"
+    return sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
 
 
-def training_markdown(run: Path, out: Path) -> str:
+def recorded_arguments(command: str) -> tuple[Any, argparse.Namespace]:
+    """The data arguments and the batch size / time budget of a recorded ``python train.py ...`` (parsed without
+    building `TrainingArguments`, which would refuse a GPU run's flags on this machine)."""
+    from transformers import HfArgumentParser
+
+    from train import DataArguments, ModelArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments))
+    _, data_args, rest = parser.parse_args_into_dataclasses(shlex.split(command)[2:], return_remaining_strings=True)
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--per_device_train_batch_size", type=int, default=8)
+    training.add_argument("--max_train_minutes", type=float)
+    return data_args, training.parse_known_args(rest)[0]
+
+
+def training_markdown(run: Path, out: Path, hardware: str | None) -> str:
     info = json.loads((run / "run_info.json").read_text())
     report = json.loads((run / "data_report.json").read_text())
-    best = Path(run_info_best(run))
+    data_args, training_args = recorded_arguments(info["command"])
+    best_step = (info["best_checkpoint"] or "").rsplit("-", 1)[-1] or "?"
     rows = [
         f"| {e['step']} | {e['eval_loss']:.3f} | {e['eval_masked_accuracy']:.2f} "
         f"| {e.get('eval_genus_1nn_unseen', float('nan')):.1f} | {e.get('eval_effective_rank', float('nan')):.1f} |"
         for e in evaluations(run)
     ]
     skipped = ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items())
-    files = ", ".join(f"`{Path(f).name}` (sha256 `{sha256(f)}`)" for f in info["data_files"])
-    command = info.get("command", "(not recorded)")
+    files = ", ".join(describe_data_file(f) for f in info["data_files"])
+    batch = training_args.per_device_train_batch_size * info["world_size"]
+    budget = (
+        f", stopped by its {training_args.max_train_minutes:g}-minute budget" if training_args.max_train_minutes else ""
+    )
+    machine = hardware or f"{cpu_name()} ({torch.get_num_threads()} cores)"
     return f"""# How {out.name} was trained
 
-* Command: `{command}`
+* Command: `{info["command"]}`
 * Data: {files}; pretraining rows: `split` in pretrain/train, identical barcodes once:
-  {report["n_kept"]} barcodes kept of {report["n_records"]} rows (left out: {skipped};
-  truncated to 660 bases: {report["truncated"]}).
-  Never `val`, `test`, `val_unseen` or `test_unseen` rows.
-* Objective: `{info["objective"]}`, preset `{info["preset"]}` (see `config.json`); {info["global_step"]} steps of
-  64 barcodes (final training loss {info["train_loss"]:.3f}).
-* Wall time: {info["wall_seconds"] / 60:.0f} min on {cpu_name()} ({torch.get_num_threads()} cores, device
-  `{info["device"]}`), sharing the machine with other jobs (see the results notes).
-* Shipped checkpoint: `{best.name}`, the best by genus 1-NN of 1,000 `val_unseen` queries against 3,000 `train`
-  references (`--metric_for_best_model genus_1nn_unseen`).
+  {report["n_kept"]} barcodes kept of {report["n_records"]} rows (left out: {skipped}; truncated to 660 bases:
+  {report["truncated"]}). Never `val`, `test`, `val_unseen` or `test_unseen` rows.
+* Objective: `{info["objective"]}`, preset `{info["preset"]}` with the command's overrides (see `config.json`);
+  {info["global_step"]} steps of {batch} barcodes{budget} (final training loss {info["train_loss"]:.3f}).
+* Wall time: {info["wall_seconds"] / 60:.1f} min (data loading and evaluations included) on {machine}, device
+  `{info["device"]}`.
+* Shipped: step {best_step}, the best by genus 1-NN of {data_args.probe_queries:,} `val_unseen` queries against
+  {data_args.probe_references:,} `train` references (`--metric_for_best_model genus_1nn_unseen`).
 
-Validation during training (masked-token metrics on 1,000 `val` barcodes; genus 1-NN and effective rank of the
-probe described above):
+Validation during training (masked-token metrics on {data_args.max_eval_samples:,} `val` barcodes; with
+`visible_loss_weight > 0` the loss also holds the visible-token term; genus 1-NN and effective rank of the probe
+described above):
 
-| step | val masked-token loss | val masked-token accuracy (%) | genus 1-NN val_unseen probe (%) | effective rank |
+| step | val loss | val masked-token accuracy (%) | genus 1-NN val_unseen probe (%) | effective rank |
 |---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
@@ -88,11 +124,12 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--results", help="evaluation results.json for the model card's model-index")
     parser.add_argument("--results-key", help="which model of results.json")
+    parser.add_argument("--hardware", help="where it ran, for TRAINING.md (default: this machine's CPU)")
     args = parser.parse_args()
     export_checkpoint(
-        run_info_best(args.run), args.out, results=args.results, results_key=args.results_key, overwrite=True
+        best_source(args.run), args.out, results=args.results, results_key=args.results_key, overwrite=True
     )
-    (args.out / "TRAINING.md").write_text(training_markdown(args.run, args.out))
+    (args.out / "TRAINING.md").write_text(training_markdown(args.run, args.out, args.hardware))
     print(f"wrote {args.out}")
 
 
