@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--unseen-split", default="test_unseen")
     evaluate.add_argument("--seen-split", default="test")
     evaluate.add_argument("--max-seen-rows", type=int, help="cap the train/test partitions (compute budget)")
+    evaluate.add_argument("--max-unseen-rows", type=int, help="cap the unseen queries (compute budget)")
     evaluate.add_argument("--robustness-queries", type=int, default=2000, help="unseen queries for the Fig. 3 curves")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -201,6 +202,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         unseen_split=args.unseen_split,
         seen_split=args.seen_split,
         max_seen_rows=args.max_seen_rows,
+        max_unseen_rows=args.max_unseen_rows,
         robustness_queries=args.robustness_queries,
     )
 

@@ -746,12 +746,14 @@ def run_evaluation(
     robustness_rates: Sequence[float] | None = DEFAULT_ROBUSTNESS_RATES,
     seed: int = 0,
     max_seen_rows: int | None = None,
+    max_unseen_rows: int | None = None,
     robustness_queries: int | None = 2000,
 ) -> dict[str, dict]:
     """Evaluate encoder folders (and baselines: ``random`` init of the first model, ``kmer`` 4/5/6, ``vsearch``)
     on a labelled table; writes ``results.json``, ``results.md`` and, with ``plots``, ``robustness.png`` and
     ``tsne.png`` (under-represented genera of the unseen partition) into ``output``. ``max_seen_rows`` caps the
-    reference (train) and seen-test partitions for a compute budget. Returns the results."""
+    reference (train) and seen-test partitions for a compute budget, ``max_unseen_rows`` the unseen queries.
+    Returns the results."""
     from barcodemae.embedding import Embedder
     from barcodemae.plots import plot_robustness, plot_tsne, underrepresented_genera
 
@@ -762,12 +764,15 @@ def run_evaluation(
     output.mkdir(parents=True, exist_ok=True)
     records, cleaning = _load_records(data)
     protocol = prepare_protocol(records, seen_split=seen_split, unseen_split=unseen_split, seed=seed)
-    if max_seen_rows is not None:  # a CPU budget: fewer references / probe rows, every unseen query kept
+    if max_seen_rows is not None:  # a CPU budget: fewer references / probe rows
         protocol.train = protocol.train.subsample(max_seen_rows, seed)
         protocol.test = protocol.test.subsample(max_seen_rows, seed)
         protocol.description += (
             f" Seen partitions subsampled to at most {max_seen_rows} de-duplicated rows each (seed {seed})."
         )
+    if max_unseen_rows is not None:
+        protocol.unseen = protocol.unseen.subsample(max_unseen_rows, seed)
+        protocol.description += f" Unseen queries subsampled to at most {max_unseen_rows} (seed {seed})."
     genera = set(underrepresented_genera(protocol.unseen.genus, seed=seed))
     tsne_rows = [i for i, g in enumerate(protocol.unseen.genus) if g in genera]
     tsne_seqs = [protocol.unseen.sequences[i] for i in tsne_rows]

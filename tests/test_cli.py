@@ -91,6 +91,7 @@ def test_evaluate_calls_run_evaluation(tmp_path, capsys, monkeypatch):
             "unseen_split": "test_unseen",
             "seen_split": "test",
             "max_seen_rows": None,
+            "max_unseen_rows": None,
             "robustness_queries": 2000,
         }
     ]

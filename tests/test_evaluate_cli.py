@@ -26,3 +26,15 @@ def test_evaluate_writes_results_table_and_plots(tmp_path):
     table = (out / "results.md").read_text()
     assert "tiny-encoder" in table and "genus" in table.lower()
     assert (out / "robustness.png").stat().st_size > 0 and (out / "tsne.png").stat().st_size > 0
+
+
+def test_evaluate_caps_partitions_for_a_compute_budget(tmp_path):
+    records = with_splits(simulate_barcodes(n_orders=1, genera_per_family=4, species_per_genus=4, seed=2))
+    data = write_tsv(records, tmp_path / "sim.tsv")
+    model = export_tiny_encoder(tmp_path / "tiny-encoder")
+    out = tmp_path / "eval"
+    caps = ["--max-seen-rows", "20", "--max-unseen-rows", "15", "--robustness-queries", "0", "--no-plots"]
+    code = main(["evaluate", "--model", str(model), "--data", str(data), "--output", str(out), *caps])
+    assert code == 0
+    row = json.loads((out / "results.json").read_text())["results"]["tiny-encoder"]
+    assert (row["n_train"], row["n_test"], row["n_unseen"]) == (20, 20, 15)
