@@ -59,6 +59,7 @@ class ModelArguments:
     mask_ratio: float | None = None
     visible_loss_weight: float | None = None
     position_embedding_type: str | None = None
+    embedding_frames: int | None = None
     hidden_dropout_prob: float | None = None
     attention_probs_dropout_prob: float | None = None
 

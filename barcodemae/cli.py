@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("out", help="new folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    export.add_argument("--embedding-frames", type=int, help="reading frames pooled into the embedding (1..k)")
     _add_card_options(export)
     export.set_defaults(handler=_export)
 
@@ -219,7 +220,13 @@ def _card_kwargs(args: argparse.Namespace) -> dict:
 def _export(args: argparse.Namespace) -> None:
     from barcodemae.hub import check_loadable, export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite, **_card_kwargs(args))
+    out = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        overwrite=args.overwrite,
+        embedding_frames=args.embedding_frames,
+        **_card_kwargs(args),
+    )
     print(f"wrote {out} (loads as {check_loadable(out)})", file=sys.stderr)
 
 

@@ -100,12 +100,18 @@ def export_checkpoint(
     model_name: str | None = None,
     repo_id: str | None = None,
     overwrite: bool = False,
+    embedding_frames: int | None = None,
 ) -> Path:
     """Write the encoder-only Hub folder of ``checkpoint`` (a pretraining checkpoint, or an encoder-only folder)
-    plus ``README.md`` to ``out_dir``; returns it."""
+    plus ``README.md`` to ``out_dir``; returns it. ``embedding_frames`` sets the exported readout (see
+    `BarcodeMAEConfig`)."""
     source = find_checkpoint(checkpoint)
     model = _load_encoder(source) if _architectures(source) == ["BarcodeMAEModel"] else _load_pretraining(source)
     tokenizer = _load_tokenizer(source, model.config)
+    if embedding_frames is not None:
+        if not 1 <= embedding_frames <= model.config.k_mer:
+            raise ValueError(f"embedding_frames must be in 1..k_mer={model.config.k_mer} (got {embedding_frames})")
+        model.config.embedding_frames = embedding_frames
     out_dir = Path(out_dir)
     with atomic_folder(out_dir, replace=lambda old: overwrite) as folder:
         if hasattr(model, "save_encoder"):

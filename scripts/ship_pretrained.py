@@ -125,9 +125,15 @@ def main() -> None:
     parser.add_argument("--results", help="evaluation results.json for the model card's model-index")
     parser.add_argument("--results-key", help="which model of results.json")
     parser.add_argument("--hardware", help="where it ran, for TRAINING.md (default: this machine's CPU)")
+    parser.add_argument("--embedding-frames", type=int, help="readout: reading frames pooled (config.embedding_frames)")
     args = parser.parse_args()
     export_checkpoint(
-        best_source(args.run), args.out, results=args.results, results_key=args.results_key, overwrite=True
+        best_source(args.run),
+        args.out,
+        results=args.results,
+        results_key=args.results_key,
+        overwrite=True,
+        embedding_frames=args.embedding_frames,
     )
     (args.out / "TRAINING.md").write_text(training_markdown(args.run, args.out, args.hardware))
     print(f"wrote {args.out}")

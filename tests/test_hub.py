@@ -66,8 +66,12 @@ def test_export_from_run_folder_writes_encoder_and_card(tmp_path, capsys):
 def test_export_of_an_encoder_folder_keeps_its_weights_and_adds_a_card(tmp_path, capsys):
     encoder = export_tiny_encoder(tmp_path / "encoder")  # e.g. train.py's OUTPUT_DIR/encoder
     results = write_results(tmp_path)
-    code, _, err = run(capsys, "export", encoder, tmp_path / "out", "--results", results, "--results-key", "other")
+    card = ["--results", results, "--results-key", "other"]
+    code, _, err = run(capsys, "export", encoder, tmp_path / "out", *card, "--embedding-frames", "3")
     assert code == 0, err
+    assert json.loads((tmp_path / "out/config.json").read_text())["embedding_frames"] == 3
+    code, _, err = run(capsys, "export", encoder, tmp_path / "bad", "--embedding-frames", "5")  # k = 4
+    assert code == 2 and "embedding_frames must be in 1..k_mer=4" in err
     with (
         safe_open(encoder / "model.safetensors", "pt") as before,
         safe_open(tmp_path / "out/model.safetensors", "pt") as after,
