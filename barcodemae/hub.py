@@ -226,6 +226,7 @@ def render_model_card(
         num_hidden_layers=config.get("num_hidden_layers"),
         num_attention_heads=config.get("num_attention_heads"),
         k_mer=config.get("k_mer"),
+        embedding_frames=config.get("embedding_frames", 1),
         vocab_size=4 ** int(config.get("k_mer", 6)) + 5,
         max_length=config.get("max_length"),
         objective={"mae": "masked autoencoder (BarcodeMAE)", "mlm": "masked language modelling"}.get(
