@@ -212,6 +212,24 @@ def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> to
     return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def shift_frame(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor, shift: int, config: BarcodeMAEConfig
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """The non-overlapping k-mers of the same barcodes read ``shift`` bases (0 < shift < k) further on, derived
+    from the ids: k-mer ``i`` of the new frame is the last ``k - shift`` bases of k-mer ``i`` and the first
+    ``shift`` of k-mer ``i + 1``. It is ``[UNK]`` when either source is not an ACGT k-mer, and a barcode loses
+    its last token (its trailing bases were not tokenised)."""
+    k, first = config.k_mer, config.first_kmer_id
+    head, tail = input_ids[:, :-1], input_ids[:, 1:]
+    valid = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
+    known = (head >= first) & (tail >= first)
+    suffix = (head - first).clamp(min=0) % 4 ** (k - shift)
+    prefix = (tail - first).clamp(min=0) // 4 ** (k - shift)
+    shifted = torch.where(known, first + suffix * 4**shift + prefix, config.unk_token_id)
+    shifted = shifted.masked_fill(~valid, config.pad_token_id)
+    return shifted, valid.to(attention_mask.dtype)
+
+
 class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
     """The BarcodeMAE encoder. ``pooler_output`` is the barcode embedding: the mean of the last hidden
     states over real (non-padding) tokens, so padding never changes it."""
@@ -248,9 +266,10 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        embedding_frames: int | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode k-mer ids. ``position_ids`` default to ``0..length-1``; the MAE passes the original positions
-        of the kept tokens."""
+        of the kept tokens. ``embedding_frames`` overrides ``config.embedding_frames`` (pretraining passes 1)."""
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence of {input_ids.shape[1]} tokens exceeds max_position_embeddings="
@@ -260,19 +279,33 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        last_hidden_state, all_hidden = self._encode(
+            input_ids, attention_mask, position_ids, bool(output_hidden_states)
+        )
+        pooled = masked_mean(last_hidden_state, attention_mask)
+        frames = self.config.embedding_frames if embedding_frames is None else embedding_frames
+        if frames > 1:
+            pooled = self._pool_frames(pooled, input_ids, attention_mask, position_ids, frames)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=all_hidden
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _encode(self, input_ids, attention_mask, position_ids, output_hidden_states=False):
         hidden_states = self.token_embeddings(input_ids)
         if self.position_embeddings is not None:
             hidden_states = hidden_states + self.position_embeddings(position_ids)
         hidden_states = self.embedding_dropout(hidden_states)
-        last_hidden_state, all_hidden = self.encoder(
-            hidden_states, attention_mask, position_ids, bool(output_hidden_states)
-        )
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=masked_mean(last_hidden_state, attention_mask),
-            hidden_states=all_hidden,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return self.encoder(hidden_states, attention_mask, position_ids, output_hidden_states)
+
+    def _pool_frames(self, pooled, input_ids, attention_mask, position_ids, count: int) -> torch.Tensor:
+        """Mean of the pooled embeddings of the given frame and of ``count - 1`` shifted ones."""
+        frames = [pooled]
+        for shift in range(1, count):
+            ids, mask = shift_frame(input_ids, attention_mask, shift, self.config)
+            hidden, _ = self._encode(ids, mask, position_ids[:, :-1])
+            frames.append(torch.where(mask.any(1, keepdim=True), masked_mean(hidden, mask), pooled))
+        return torch.stack(frames).mean(0)
 
 
 class BarcodeMAEDecoder(nn.Module):
@@ -378,6 +411,7 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             attention_mask=kept_attention.long(),
             position_ids=ids_keep.masked_fill(~kept_attention, 0),
             output_hidden_states=output_hidden_states,
+            embedding_frames=1,
         )
         decoded = self.decoder(encoded.last_hidden_state, kept_attention, masking.ids_restore, attention_mask)
         logits = self.decoder.prediction(decoded[masking.mask])
@@ -399,7 +433,9 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
     def _forward_mlm(self, input_ids, attention_mask, labels, output_hidden_states) -> BarcodeMAEForPreTrainingOutput:
         if labels is None:
             input_ids, labels = self.mask_for_mlm(input_ids, attention_mask)
-        encoded = self.barcodemae(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        encoded = self.barcodemae(
+            input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, embedding_frames=1
+        )
         scored = labels != IGNORE_INDEX
         logits = self.lm_head(encoded.last_hidden_state[scored])
         return BarcodeMAEForPreTrainingOutput(

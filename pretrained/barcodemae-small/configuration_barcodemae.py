@@ -35,6 +35,10 @@ class BarcodeMAEConfig(PreTrainedConfig):
         hidden_act: activation of the feed-forward blocks.
         initializer_range: std of the normal weight initialisation.
         freeze_encoder: in `BarcodeMAEForSequenceClassification`, keep the encoder frozen (linear probing).
+        embedding_frames: reading frames pooled into ``pooler_output`` (1..k_mer). With ``f > 1`` the barcode is
+            also encoded shifted by 1..f-1 bases (k-mer ids derived from the given ones, no re-tokenisation) and
+            the barcode embedding is the mean of the f frames' embeddings: less dependent on where the first
+            k-mer starts, at f times the compute. ``last_hidden_state`` is always the given frame's.
     """
 
     model_type = "barcodemae"
@@ -61,6 +65,7 @@ class BarcodeMAEConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     freeze_encoder: bool = False
+    embedding_frames: int = 1
     pad_token_id: int | None = 0
     unk_token_id: int | None = 1
     mask_token_id: int | None = 4
@@ -98,6 +103,10 @@ class BarcodeMAEConfig(PreTrainedConfig):
             f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES} (got {self.position_embedding_type!r})",
         )
         require(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1) (got {self.mask_ratio})")
+        require(
+            1 <= self.embedding_frames <= self.k_mer,
+            f"embedding_frames must be in 1..k_mer={self.k_mer} (got {self.embedding_frames})",
+        )
         require(self.visible_loss_weight >= 0, f"visible_loss_weight must be >= 0 (got {self.visible_loss_weight})")
         for prefix in ("", "decoder_"):
             width = getattr(self, f"{prefix}hidden_size")
