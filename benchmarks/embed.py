@@ -10,7 +10,9 @@ Every case embeds the same sequences end to end, tokenisation included (what ``b
 of ``--batch-size``, padded to the batch maximum, mean of the last hidden states over real tokens.
 
 * ours: `Embedder(model, tokenizer, sort_by_length=True/False)` on a random-init ``configs/small.json`` encoder
-  (rotary positions, as shipped) and, for an architecture-matched row, the same with absolute positions.
+  (rotary positions, as shipped) read out from one frame like BERT and, for an architecture-matched row, the same
+  with absolute positions; plus one row with the shipped readout (``embedding_frames`` of the preset: every
+  reading frame encoded, so ~6x the work).
 * BERT: `BertModel` (SDPA, no pooler) with the same hidden size, layers, heads, FFN, vocabulary and max positions,
   batched by this script in the same two ways (input order; or sorted by length, then restored).
 * fp32 at ``--batch-size`` (128, the `Embedder` default), plus length-sorted rows at ``--sweep-batch-sizes``
@@ -183,11 +185,11 @@ def build_cases(args, device, preset: str) -> tuple[dict[str, Case], dict[str, C
     encoder and BERT, length-sorted only."""
     tokenizer = BarcodeMAETokenizer(k_mer=6)
     torch.manual_seed(0)
-    config = load_preset(preset)
+    config = load_preset(preset, embedding_frames=1)  # one encoder pass per barcode, as BertModel
     main_name = f"ours ({config.position_embedding_type} positions)"
     models = {main_name: BarcodeMAEModel(config).to(device)}
     if config.position_embedding_type != "absolute":  # the architecture-matched extra row
-        absolute = load_preset(preset, position_embedding_type="absolute")
+        absolute = load_preset(preset, position_embedding_type="absolute", embedding_frames=1)
         models["ours (absolute positions)"] = BarcodeMAEModel(absolute).to(device)
     bert = matching_bert(config).to(device)
     fp32: dict[str, Case] = {}
@@ -204,6 +206,16 @@ def build_cases(args, device, preset: str) -> tuple[dict[str, Case], dict[str, C
         fp32[f"{main_name}, {batching}, fp32"] = (main_name, batching, embedder)
         bert_embedder = BertEmbedder(bert, tokenizer, batch_size, True, bf16=False)
         fp32[f"BertModel, {batching}, fp32"] = ("BertModel", batching, bert_embedder)
+    shipped = load_preset(preset)
+    if shipped.embedding_frames > 1:  # the readout as shipped: every reading frame encoded
+        pooled = BarcodeMAEModel(shipped).to(device)
+        pooled.load_state_dict(models[main_name].state_dict())
+        name = f"ours, {shipped.embedding_frames}-frame readout (shipped)"
+        fp32[f"{name}, length-sorted, fp32"] = (
+            name,
+            "length-sorted",
+            Embedder(pooled, tokenizer, args.batch_size, "fp32"),
+        )
     bf16: dict[str, Case] = {}
     if not args.no_bf16:
         ours = Embedder(models[main_name], tokenizer, args.batch_size, "bf16", sort_by_length=True)
