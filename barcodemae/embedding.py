@@ -1,7 +1,8 @@
 """Turn barcodes into embeddings with any encoder loadable by `AutoModel`.
 
-The embedding is the mean of the encoder's last hidden states over real (non-padding) tokens, which for
-`BarcodeMAEModel` equals its ``pooler_output``. Batches are formed from length-sorted sequences (sort, embed,
+The embedding is a BarcodeMAE encoder's ``pooler_output`` (the mean of its last hidden states over real tokens,
+averaged over reading frames when ``config.embedding_frames > 1``); for any other encoder, the mean of its last
+hidden states over real (non-padding) tokens. Batches are formed from length-sorted sequences (sort, embed,
 restore the input order) so that little compute is spent on padding; long inputs are processed in chunks so
 memory stays bounded.
 """
@@ -151,7 +152,9 @@ class Embedder:
             inputs["position_ids"] = position_ids
         inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = self.model(**inputs).last_hidden_state
+            output = self.model(**inputs)
+        if getattr(self.model.config, "model_type", None) == "barcodemae":
+            return output.pooler_output.float().cpu().numpy()
         weights = inputs["attention_mask"].unsqueeze(-1).float()
-        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        pooled = (output.last_hidden_state.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return pooled.cpu().numpy()
