@@ -135,6 +135,10 @@ def _describe_source(checkpoint: Path) -> str:
     if state.is_file():
         step = json.loads(state.read_text(encoding="utf-8")).get("global_step")
         return f"`{checkpoint.name}` (step {step})"
+    run_info = checkpoint.parent / "run_info.json"  # train.py's OUTPUT_DIR/encoder: exported from the best step
+    if checkpoint.name == "encoder" and run_info.is_file():
+        best = json.loads(run_info.read_text(encoding="utf-8")).get("best_checkpoint") or "the last step"
+        return f"`{checkpoint.parent.name}/encoder` (exported from {Path(best).name})"
     return f"`{checkpoint.name}`"
 
 
