@@ -146,12 +146,15 @@ def _describe_source(checkpoint: Path) -> str:
 def load_results(path: str | os.PathLike, key: str | None = None, model_name: str | None = None) -> dict[str, Any]:
     """The metrics of one model from an evaluation results JSON.
 
-    Accepted layouts: ``{model: {metric: value}}`` (the entry ``key``; else the only entry; else the one named
-    ``model_name``) or a flat ``{metric: value}``.
+    Accepted layouts: ``barcodemae evaluate``'s ``results.json`` (its ``results`` object), ``{model: {metric:
+    value}}`` (the entry ``key``; else the only entry; else the one named ``model_name``) or a flat
+    ``{metric: value}``.
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    if isinstance(data.get("results"), dict) and "protocol" in data:  # barcodemae evaluate's results.json
+        data = data["results"]
     if any(name in data for name in RESULT_METRICS):
         return data
     entries = {name: value for name, value in data.items() if isinstance(value, dict)}

@@ -180,3 +180,11 @@ def test_push_refuses_a_folder_that_does_not_load(tmp_path, capsys, fake_hub):
     code, _, err = run(capsys, "push", folder, "user/tiny", "--endpoint", fake_hub)
     assert code == 2 and "missing model.safetensors, tokenizer_config.json" in err
     assert FakeHub.repos == {}
+
+
+def test_load_results_reads_an_evaluate_results_json(tmp_path):
+    from barcodemae.hub import load_results
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"protocol": "…", "counts": {"x": 1}, "results": RESULTS}))
+    assert load_results(path, "barcodemae-tiny")["genus_1nn_unseen_accuracy"] == 70.5
