@@ -24,7 +24,7 @@ def _add_model_options(parser: argparse.ArgumentParser, default_help: str = "the
     group = parser.add_argument_group("model")
     group.add_argument("--model", help=f"exported encoder folder (default: {default_help}; or $BARCODEMAE_MODEL)")
     group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    group.add_argument("--batch-size", type=int, default=128, help="barcodes per forward pass (default: 128)")
+    group.add_argument("--batch-size", type=int, help="barcodes per forward pass (default: 32 on CPU, 256 on GPU)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")
     group.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
     group.add_argument("--chunk-size", type=int, default=4096, help="barcodes read and written per chunk")
@@ -112,7 +112,7 @@ def _embedder(args: argparse.Namespace, model_path: str):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.batch_size < 1 or args.chunk_size < 1:
+    if (args.batch_size is not None and args.batch_size < 1) or args.chunk_size < 1:
         raise ValueError("--batch-size and --chunk-size must be at least 1")
     model, tokenizer = load_encoder(model_path, args.device)
     return Embedder(model, tokenizer, batch_size=args.batch_size, precision=args.precision)
