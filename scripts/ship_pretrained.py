@@ -10,6 +10,7 @@ import hashlib
 import json
 import platform
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def recorded_arguments(command: str) -> tuple[Any, argparse.Namespace]:
     return data_args, training.parse_known_args(rest)[0]
 
 
-def training_markdown(run: Path, out: Path, hardware: str | None) -> str:
+def training_markdown(run: Path, out: Path, hardware: str | None, export_command: str) -> str:
     info = json.loads((run / "run_info.json").read_text())
     report = json.loads((run / "data_report.json").read_text())
     data_args, training_args = recorded_arguments(info["command"])
@@ -114,7 +115,10 @@ described above):
 |---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Export: `python scripts/ship_pretrained.py {run} {out}`.
+The preset file is read when the run starts; `config.json` holds the configuration the run actually used (the
+`small` preset has changed since session 1). The readout (`embedding_frames`) is set at export.
+
+Export: `` {export_command} ``.
 """
 
 
@@ -135,7 +139,8 @@ def main() -> None:
         overwrite=True,
         embedding_frames=args.embedding_frames,
     )
-    (args.out / "TRAINING.md").write_text(training_markdown(args.run, args.out, args.hardware))
+    export_command = shlex.join(["python", "scripts/ship_pretrained.py", *sys.argv[1:]])
+    (args.out / "TRAINING.md").write_text(training_markdown(args.run, args.out, args.hardware, export_command))
     print(f"wrote {args.out}")
 
 
