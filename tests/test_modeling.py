@@ -234,14 +234,21 @@ def test_frame_pooling_averages_the_shifted_frames_and_ignores_padding(tokenizer
     assert not torch.allclose(output.pooler_output, frames[0])
 
 
-def test_frame_pooling_is_not_used_in_pretraining(batch):
+@pytest.mark.parametrize("objective", ["mae", "mlm"])
+def test_frame_pooling_is_not_used_in_pretraining(batch, objective, monkeypatch):
     losses = []
     for frames in (1, 4):
         torch.manual_seed(0)
-        model = BarcodeMAEForPreTraining(tiny_config(embedding_frames=frames, visible_loss_weight=1.0))
+        model = BarcodeMAEForPreTraining(tiny_config(embedding_frames=frames, objective=objective))
         torch.manual_seed(1)
         losses.append(model(**batch).loss)
     torch.testing.assert_close(losses[0], losses[1])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pretraining encoded shifted frames")
+
+    monkeypatch.setattr(BarcodeMAEModel, "_pool_frames", refuse)  # the extra passes must not even run
+    model(**batch)
 
 
 def test_embedding_frames_must_fit_k():
