@@ -106,19 +106,20 @@ def export_checkpoint(
     plus ``README.md`` to ``out_dir``; returns it. ``embedding_frames`` sets the exported readout (see
     `BarcodeMAEConfig`)."""
     source = find_checkpoint(checkpoint)
-    model = _load_encoder(source) if _architectures(source) == ["BarcodeMAEModel"] else _load_pretraining(source)
+    if _architectures(source) == ["BarcodeMAEModel"]:
+        model = _load_encoder(source)
+        save_encoder = model.save_pretrained
+    else:
+        model = _load_pretraining(source)
+        save_encoder = model.save_encoder
     tokenizer = _load_tokenizer(source, model.config)
     if embedding_frames is not None:
-        if not 1 <= embedding_frames <= model.config.k_mer:
-            raise ValueError(f"embedding_frames must be in 1..k_mer={model.config.k_mer} (got {embedding_frames})")
         model.config.embedding_frames = embedding_frames
+        model.config._check_consistency()  # the config's own range check and message
     out_dir = Path(out_dir)
     with atomic_folder(out_dir, replace=lambda old: overwrite) as folder:
-        if hasattr(model, "save_encoder"):
-            model.save_encoder(folder, tokenizer)
-        else:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+        save_encoder(folder)
+        tokenizer.save_pretrained(folder)
         write_model_card(
             folder,
             results=results,
