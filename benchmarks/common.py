@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import BertConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -66,6 +67,25 @@ def load_preset(name: str, **overrides: Any):
 
     settings = json.loads((ROOT / "configs" / f"{name}.json").read_text())
     return BarcodeMAEConfig(**{**settings, **overrides})
+
+
+def bert_config(width: int, layers: int, heads: int, ffn: int, config, **extra) -> BertConfig:
+    """A SDPA `BertConfig` of the given shape with the vocabulary, positions, dropout and norms of ``config``."""
+    return BertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=config.max_position_embeddings,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        pad_token_id=config.pad_token_id,
+        attn_implementation="sdpa",
+        **extra,
+    )
 
 
 # ------------------------------------------------------------------------------------------- timing

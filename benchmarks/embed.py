@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 from barcodemae.embedding import Embedder
 from benchmarks.common import (
     base_parser,
+    bert_config,
     format_table,
     load_preset,
     machine_info,
@@ -82,18 +83,8 @@ def padded_slots(token_counts: np.ndarray, batch_size: int) -> int:
 
 # ------------------------------------------------------------------------------------------- BERT
 def matching_bert(config) -> BertModel:
-    bert = BertConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_position_embeddings,
-        hidden_act=config.hidden_act,
-        pad_token_id=config.pad_token_id,
-        attn_implementation="sdpa",
-    )
-    return BertModel(bert, add_pooling_layer=False).eval()
+    shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size)
+    return BertModel(bert_config(*shape, config), add_pooling_layer=False).eval()
 
 
 class BertEmbedder:

@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import DeviceType
-from transformers import BertConfig, BertForTokenClassification, BertModel
+from transformers import BertForTokenClassification, BertModel
 
 from benchmarks.common import (
     base_parser,
+    bert_config,
     format_table,
     load_preset,
     machine_info,
@@ -56,24 +57,6 @@ Batch = dict[str, torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------- reference MAE
-def bert_config(width: int, layers: int, heads: int, ffn: int, config, **extra) -> BertConfig:
-    return BertConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=width,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=ffn,
-        max_position_embeddings=config.max_position_embeddings,
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        pad_token_id=config.pad_token_id,
-        attn_implementation="sdpa",
-        **extra,
-    )
-
-
 class ReferenceMAE(nn.Module):
     """The authors' MAE layout on stock `transformers` blocks (see module docstring); returns the loss."""
 
