@@ -7,6 +7,8 @@ from transformers import PreTrainedConfig
 
 OBJECTIVES = ("mae", "mlm")
 POSITION_EMBEDDING_TYPES = ("absolute", "rotary")
+READOUTS = ("mean", "kmer_bag", "mean+kmer_bag")
+CLASSIFIER_TYPES = ("linear", "cosine")
 NUM_SPECIAL_TOKENS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK], in this order (see tokenization_barcodemae.py)
 
 
@@ -39,6 +41,17 @@ class BarcodeMAEConfig(PreTrainedConfig):
             also encoded shifted by 1..f-1 bases (k-mer ids derived from the given ones, no re-tokenisation) and
             the barcode embedding is the mean of the f frames' embeddings: less dependent on where the first
             k-mer starts, at f times the compute. ``last_hidden_state`` is always the given frame's.
+        readout: what ``pooler_output`` (the barcode embedding) is. ``"mean"``: the mean of the last hidden states
+            (over ``embedding_frames`` frames). ``"kmer_bag"``: the mean of the token embeddings of every
+            overlapping ACGT k-mer of the barcode (all k reading frames, derived from the ids: k embedding
+            lookups, no extra encoder pass). ``"mean+kmer_bag"``: both, each L2-normalised, concatenated
+            (``2 * hidden_size`` wide), so a cosine is the mean of the two cosines.
+        classifier_type: head of `BarcodeMAEForSequenceClassification`: ``"linear"`` or ``"cosine"`` (logits =
+            ``classifier_scale`` times the cosine between the embedding and a learned vector per class, which trains
+            the embedding for cosine nearest-neighbour search).
+        classifier_scale: logit scale of the cosine classifier.
+        trained_labels: which taxonomic labels (if any) trained the encoder beyond self-supervised pretraining;
+            written by `barcodemae finetune` and shown in the model card.
     """
 
     model_type = "barcodemae"
@@ -66,6 +79,10 @@ class BarcodeMAEConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-12
     freeze_encoder: bool = False
     embedding_frames: int = 1
+    readout: str = "mean"
+    classifier_type: str = "linear"
+    classifier_scale: float | int = 16.0
+    trained_labels: str | None = None
     pad_token_id: int | None = 0
     unk_token_id: int | None = 1
     mask_token_id: int | None = 4
@@ -79,6 +96,11 @@ class BarcodeMAEConfig(PreTrainedConfig):
     @property
     def vocab_size(self) -> int:
         return NUM_SPECIAL_TOKENS + 4**self.k_mer
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of ``pooler_output``."""
+        return 2 * self.hidden_size if self.readout == "mean+kmer_bag" else self.hidden_size
 
     @property
     def first_kmer_id(self) -> int:
@@ -107,6 +129,12 @@ class BarcodeMAEConfig(PreTrainedConfig):
             1 <= self.embedding_frames <= self.k_mer,
             f"embedding_frames must be in 1..k_mer={self.k_mer} (got {self.embedding_frames})",
         )
+        require(self.readout in READOUTS, f"readout must be one of {READOUTS} (got {self.readout!r})")
+        require(
+            self.classifier_type in CLASSIFIER_TYPES,
+            f"classifier_type must be one of {CLASSIFIER_TYPES} (got {self.classifier_type!r})",
+        )
+        require(self.classifier_scale > 0, f"classifier_scale must be positive (got {self.classifier_scale})")
         require(self.visible_loss_weight >= 0, f"visible_loss_weight must be >= 0 (got {self.visible_loss_weight})")
         for prefix in ("", "decoder_"):
             width = getattr(self, f"{prefix}hidden_size")

@@ -49,6 +49,33 @@ def kmer_count_features(sequences: Sequence[str], k: int = 5) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
+def kmer_count_matrix(sequences: Sequence[str], k: int):
+    """Sparse (N, 4**k) CSR matrix of overlapping ACGT k-mer counts, rows L2-normalised: k up to 8 (65,536 columns)
+    for a whole reference library without a dense N x 4**k array."""
+    from scipy import sparse
+
+    indptr, indices, values = [0], [], []
+    for sequence in sequences:
+        counts = kmer_count_vector(sequence, k)
+        nonzero = np.flatnonzero(counts)
+        indices.append(nonzero)
+        values.append(counts[nonzero] / max(float(np.linalg.norm(counts)), 1e-12))
+        indptr.append(indptr[-1] + len(nonzero))
+    indices_, values_ = (np.concatenate(x) if x else np.zeros(0) for x in (indices, values))
+    return sparse.csr_matrix((values_.astype(np.float32), indices_, indptr), shape=(len(sequences), 4**k))
+
+
+def kmer_nearest(query_seqs: Sequence[str], ref_seqs: Sequence[str], k: int, chunk_size: int = 512) -> np.ndarray:
+    """Index of each query's cosine-nearest reference by overlapping k-mer counts (first index on ties)."""
+    queries, refs_t = kmer_count_matrix(query_seqs, k), kmer_count_matrix(ref_seqs, k).T.tocsr()
+    nearest = np.empty(len(query_seqs), dtype=np.int64)
+    for start in range(0, len(query_seqs), chunk_size):
+        nearest[start : start + chunk_size] = (
+            np.asarray((queries[start : start + chunk_size] @ refs_t).todense()).argmax(1).ravel()
+        )
+    return nearest
+
+
 def _write_fasta(path: Path, sequences: Sequence[str]) -> None:
     with path.open("w") as handle:
         for index, sequence in enumerate(sequences):

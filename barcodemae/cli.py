@@ -1,4 +1,4 @@
-"""The ``barcodemae`` command: embed, identify, evaluate, export, card, push.
+"""The ``barcodemae`` command: embed, identify, finetune, evaluate, export, card, push.
 
 Thin layer: parse the arguments, call ``barcodemae.identify`` / ``barcodemae.hub`` / ``barcodemae.evaluation``,
 report. Errors in the input or output (``DataError``, missing files, bad values) print one line
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument("--novel-threshold", type=float, help="similarity below which a query is a novel species")
     _add_model_options(identify, "the index's model, else the shipped encoder")
     identify.set_defaults(handler=_identify)
+
+    commands.add_parser(
+        "finetune", help="taxonomy-aware training of an encoder (Trainer flags: barcodemae finetune --help)"
+    )
 
     evaluate = commands.add_parser("evaluate", help="benchmark encoders (and baselines) on a labelled table")
     evaluate.add_argument("--model", action="append", required=True, help="encoder folder (repeat for several)")
@@ -260,9 +264,25 @@ def _push(args: argparse.Namespace) -> None:
     print(f"uploaded {len(plan)} files to {args.repo_id}: {url}", file=sys.stderr)
 
 
+def _finetune(argv: list[str]) -> int:
+    from barcodemae.training import run_finetune
+
+    if not argv or argv[0] in ("-h", "--help"):
+        argv = ["--help"]
+    try:
+        run_finetune(argv)
+    except (DataError, OSError, ValueError) as error:
+        print(f"barcodemae finetune: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- entry point
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 2 error in input/output or usage, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["finetune"]:  # Trainer arguments (HfArgumentParser): every TrainingArguments flag works
+        return _finetune(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -9,6 +9,7 @@ memory stays bounded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +39,38 @@ def load_encoder(path: str | os.PathLike | None = None, device: str | None = Non
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, local_files_only=True)
     model = AutoModel.from_pretrained(path, trust_remote_code=True, local_files_only=True)
     return model.to(pick_device(device)).eval(), tokenizer
+
+
+def model_fingerprint(model) -> str:
+    """16 hex digits of SHA-256 over a model's config and weights: two folders with the same fingerprint embed alike."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def sequences_fingerprint(sequences: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        digest.update(sequence.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def cached_embeddings(embedder: Embedder, sequences: Sequence[str], cache_dir: str | os.PathLike | None) -> np.ndarray:
+    """``embedder(sequences)``, read from / written to ``cache_dir/<model>-<sequences>.npy`` when a cache is given
+    (keyed by the model's weights and config and by the exact sequences, so nothing stale is ever reused)."""
+    if cache_dir is None:
+        return embedder(sequences, progress=True)
+    path = Path(cache_dir) / f"{model_fingerprint(embedder.model)}-{sequences_fingerprint(sequences)}.npy"
+    if path.exists():
+        return np.load(path)
+    embeddings = embedder(sequences, progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.npy")
+    np.save(temporary, embeddings)
+    temporary.replace(path)
+    return embeddings
 
 
 def corrupt_tokens(
@@ -92,7 +125,7 @@ class Embedder:
         self.batch_size = batch_size or (32 if self.device.type == "cpu" else 256)
         use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        self.hidden_size = model.config.hidden_size
+        self.hidden_size = getattr(model.config, "embedding_size", model.config.hidden_size)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | None = None, **kwargs) -> Embedder:
@@ -154,9 +187,12 @@ class Embedder:
         if position_ids is not None:
             inputs["position_ids"] = position_ids
         inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        is_barcodemae = getattr(self.model.config, "model_type", None) == "barcodemae"
+        if is_barcodemae and self.model.config.readout == "kmer_bag" and position_ids is None:
+            return self.model.kmer_bag(inputs["input_ids"], inputs["attention_mask"]).float().cpu().numpy()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             output = self.model(**inputs)
-        if getattr(self.model.config, "model_type", None) == "barcodemae":
+        if is_barcodemae:
             return output.pooler_output.float().cpu().numpy()
         weights = inputs["attention_mask"].unsqueeze(-1).float()
         pooled = (output.last_hidden_state.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)

@@ -234,7 +234,9 @@ def render_model_card(
         num_hidden_layers=config.get("num_hidden_layers"),
         num_attention_heads=config.get("num_attention_heads"),
         k_mer=config.get("k_mer"),
-        embedding_frames=config.get("embedding_frames", 1),
+        embedding_size=2 * config["hidden_size"] if config.get("readout") == "mean+kmer_bag" else config["hidden_size"],
+        readout_text=readout_text(config),
+        trained_labels=config.get("trained_labels") or "none (self-supervised pretraining only)",
         vocab_size=4 ** int(config.get("k_mer", 6)) + 5,
         max_length=config.get("max_length"),
         objective={"mae": "masked autoencoder (BarcodeMAE)", "mlm": "masked language modelling"}.get(
@@ -246,6 +248,18 @@ def render_model_card(
         results_text=_results_text(metrics),
     )
     return str(card)
+
+
+def readout_text(config: dict[str, Any]) -> str:
+    """How the folder's ``pooler_output`` is computed, in words."""
+    frames = int(config.get("embedding_frames", 1))
+    mean = "mean of the last hidden states over the real (non-padding) k-mer tokens"
+    if frames > 1:
+        mean += f", averaged over {frames} reading frames ({frames} encoder passes)"
+    bag = "mean of the learned token embeddings over every overlapping k-mer (all reading frames, no extra pass)"
+    return {"kmer_bag": bag, "mean+kmer_bag": f"[{mean} ; {bag}], each half L2-normalised"}.get(
+        config.get("readout", "mean"), mean
+    )
 
 
 def _parameter_count(weights: Path) -> str:

@@ -47,3 +47,14 @@ def test_vsearch_top_hit_genus():
     )
     assert predicted[-1] is None  # no hit at --id 0.5
     assert predicted[:-1] == [q["genus"] for q in queries]
+
+
+def test_sparse_kmer_matrix_and_nearest_match_the_dense_counts():
+    sequences = [r["dna_barcode"] for r in simulate_barcodes(seed=3)][:60] + ["NNNN"]
+    dense = kmer_count_features(sequences, 5)
+    sparse = baselines.kmer_count_matrix(sequences, 5)
+    np.testing.assert_allclose(sparse.toarray(), dense, atol=1e-6)
+    queries, references = sequences[::3], sequences[1::3]
+    expected = (kmer_count_features(queries, 5) @ kmer_count_features(references, 5).T).argmax(1)
+    np.testing.assert_array_equal(baselines.kmer_nearest(queries, references, 5, chunk_size=7), expected)
+    assert baselines.kmer_count_matrix(sequences[:2], 8).shape == (2, 4**8)

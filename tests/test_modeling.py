@@ -1,5 +1,8 @@
 """Model core: masking invariants, padding invariance, objectives, heads, dtypes."""
 
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_config
@@ -9,6 +12,7 @@ from modeling_barcodemae import (
     BarcodeMAEForPreTraining,
     BarcodeMAEForSequenceClassification,
     BarcodeMAEModel,
+    overlapping_kmers,
     random_masking,
     shift_frame,
 )
@@ -41,6 +45,9 @@ def test_config_rejects_inconsistent_values():
         dict(stride=3),
         dict(position_embedding_type="alibi"),
         dict(max_length=2),
+        dict(readout="cls"),
+        dict(classifier_type="mlp"),
+        dict(classifier_scale=0),
     ]:
         with pytest.raises(ValueError, match="Invalid BarcodeMAEConfig"):
             tiny_config(**bad)
@@ -255,3 +262,101 @@ def test_embedding_frames_must_fit_k():
     for bad in (0, 5):
         with pytest.raises(ValueError, match="embedding_frames"):
             tiny_config(embedding_frames=bad)
+
+
+def test_overlapping_kmers_are_every_acgt_kmer_of_the_tokenised_bases(tokenizer, batch):
+    ids, mask = overlapping_kmers(batch["input_ids"], batch["attention_mask"], tiny_config())
+    vocab = tokenizer.get_vocab()
+    for row, sequence in enumerate(SEQUENCES):
+        tokenised = sequence[: 4 * int(batch["attention_mask"][row].sum())]
+        windows = [tokenised[i : i + 4] for i in range(len(tokenised) - 3)]
+        expected = Counter(vocab[w] for w in windows if set(w) <= set("ACGT"))
+        derived = Counter(ids[row][mask[row].bool()].tolist())
+        if set(sequence) <= set("ACGT"):
+            assert derived == expected
+        else:  # a window that shares a token with an N or IUPAC code is lost even where it is all ACGT
+            assert derived <= expected and derived.total() > 0.5 * expected.total()
+
+
+def test_kmer_bag_readout_is_the_mean_token_embedding_and_ignores_padding(tokenizer, batch):
+    torch.manual_seed(0)
+    model = BarcodeMAEModel(tiny_config(readout="kmer_bag")).eval()
+    with torch.no_grad():
+        output = model(**batch)
+        ids, mask = overlapping_kmers(batch["input_ids"], batch["attention_mask"], model.config)
+        for row in range(len(SEQUENCES)):
+            expected = model.token_embeddings(ids[row][mask[row].bool()]).mean(0)
+            torch.testing.assert_close(output.pooler_output[row], expected)
+        alone = model(**tokenizer(SEQUENCES[1:2], return_tensors="pt")).pooler_output[0]
+    torch.testing.assert_close(output.pooler_output[1], alone, atol=1e-6, rtol=0)
+    assert output.last_hidden_state.shape[:2] == batch["input_ids"].shape
+
+
+def test_mean_plus_kmer_bag_concatenates_two_unit_vectors(batch):
+    torch.manual_seed(0)
+    mean = BarcodeMAEModel(tiny_config()).eval()
+    both = BarcodeMAEModel(tiny_config(readout="mean+kmer_bag")).eval()
+    both.load_state_dict(mean.state_dict())
+    assert both.config.embedding_size == 2 * both.config.hidden_size
+    with torch.no_grad():
+        pooled = both(**batch).pooler_output
+        first, second = pooled.split(both.config.hidden_size, dim=1)
+        torch.testing.assert_close(first, torch.nn.functional.normalize(mean(**batch).pooler_output, dim=1))
+        bag = both.kmer_bag(batch["input_ids"], batch["attention_mask"])
+        torch.testing.assert_close(second, torch.nn.functional.normalize(bag, dim=1))
+
+
+@pytest.mark.parametrize("readout", ["kmer_bag", "mean+kmer_bag"])
+def test_pretraining_ignores_the_readout(batch, readout):
+    losses = []
+    for choice in ("mean", readout):
+        torch.manual_seed(0)
+        model = BarcodeMAEForPreTraining(tiny_config(readout=choice))
+        torch.manual_seed(1)
+        losses.append(model(**batch).loss)
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+@pytest.mark.parametrize("readout", ["mean", "kmer_bag", "mean+kmer_bag"])
+def test_cosine_classifier_scores_scaled_cosines_of_the_embedding(batch, readout):
+    torch.manual_seed(0)
+    config = tiny_config(readout=readout, classifier_type="cosine", classifier_scale=10.0, num_labels=3)
+    model = BarcodeMAEForSequenceClassification(config).eval()
+    with torch.no_grad():
+        output = model(**batch, labels=torch.tensor([0, 1, 2]))
+        embeddings = model.barcodemae(**batch).pooler_output
+    torch.testing.assert_close(output.embeddings, embeddings)
+    unit = torch.nn.functional.normalize
+    expected = 10.0 * unit(embeddings, dim=1) @ unit(model.classifier.weight, dim=1).T
+    torch.testing.assert_close(output.logits, expected)
+    assert output.logits.abs().max() <= 10.0 + 1e-5
+    assert output.loss > 0
+
+
+def test_embedder_kmer_bag_fast_path_equals_the_model_pooler_output(batch):
+    from barcodemae.embedding import Embedder
+
+    torch.manual_seed(0)
+    model = BarcodeMAEModel(tiny_config(readout="kmer_bag")).eval()
+    embedder = Embedder(model, BarcodeMAETokenizer(k_mer=4, model_max_length=50), batch_size=2)
+    with torch.no_grad():
+        expected = model(**batch).pooler_output.numpy()
+    np.testing.assert_allclose(embedder(SEQUENCES), expected, atol=1e-6)
+
+
+def test_cached_embeddings_are_keyed_by_weights_and_sequences(tmp_path, monkeypatch):
+    from barcodemae.embedding import Embedder, cached_embeddings
+
+    torch.manual_seed(0)
+    model = BarcodeMAEModel(tiny_config()).eval()
+    embedder = Embedder(model, BarcodeMAETokenizer(k_mer=4, model_max_length=50))
+    first = cached_embeddings(embedder, SEQUENCES, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    monkeypatch.setattr(Embedder, "__call__", lambda *a, **k: pytest.fail("re-embedded a cached set"))
+    np.testing.assert_array_equal(cached_embeddings(embedder, SEQUENCES, tmp_path), first)
+    monkeypatch.undo()
+    with torch.no_grad():
+        model.token_embeddings.weight.add_(0.1)  # other weights: a new entry, not the stale one
+    assert not np.allclose(cached_embeddings(embedder, SEQUENCES, tmp_path), first)
+    cached_embeddings(embedder, SEQUENCES[:2], tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 3

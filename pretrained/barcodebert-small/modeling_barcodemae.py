@@ -204,6 +204,8 @@ class BarcodeMAEPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, BarcodeMAEDecoder):
             init.normal_(module.mask_embedding, std=self.config.initializer_range)
+        if isinstance(module, CosineClassifier):
+            init.normal_(module.weight, std=self.config.initializer_range)
 
 
 def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -230,9 +232,25 @@ def shift_frame(
     return shifted, valid.to(attention_mask.dtype)
 
 
+def overlapping_kmers(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor, config: BarcodeMAEConfig
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Every overlapping k-mer of the barcodes, derived from their non-overlapping ids: the k reading frames
+    side by side, ``(batch, k * length - k + 1)``, with a mask that is 1 exactly at ACGT k-mers (``[UNK]``,
+    special tokens and padding are 0)."""
+    frames, masks = [input_ids], [attention_mask]
+    for shift in range(1, config.k_mer):
+        ids, mask = shift_frame(input_ids, attention_mask, shift, config)
+        frames.append(ids)
+        masks.append(mask)
+    ids, mask = torch.cat(frames, dim=1), torch.cat(masks, dim=1)
+    return ids, mask * (ids >= config.first_kmer_id).to(mask.dtype)
+
+
 class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
-    """The BarcodeMAE encoder. ``pooler_output`` is the barcode embedding: the mean of the last hidden
-    states over real (non-padding) tokens, so padding never changes it."""
+    """The BarcodeMAE encoder. ``pooler_output`` is the barcode embedding (``config.readout``): the mean of the
+    last hidden states over real (non-padding) tokens, the mean of the token embeddings of all overlapping
+    k-mers, or both; padding never changes it."""
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
 
@@ -267,9 +285,11 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         embedding_frames: int | None = None,
+        readout: str | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode k-mer ids. ``position_ids`` default to ``0..length-1``; the MAE passes the original positions
-        of the kept tokens. ``embedding_frames`` overrides ``config.embedding_frames`` (pretraining passes 1)."""
+        of the kept tokens. ``embedding_frames`` and ``readout`` override the config's (pretraining passes 1 and
+        ``"mean"``: its pooled output is unused)."""
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence of {input_ids.shape[1]} tokens exceeds max_position_embeddings="
@@ -282,10 +302,9 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
         last_hidden_state, all_hidden = self._encode(
             input_ids, attention_mask, position_ids, bool(output_hidden_states)
         )
-        pooled = masked_mean(last_hidden_state, attention_mask)
         frames = self.config.embedding_frames if embedding_frames is None else embedding_frames
-        if frames > 1:
-            pooled = self._pool_frames(pooled, input_ids, attention_mask, position_ids, frames)
+        readout = readout or self.config.readout
+        pooled = self._readout(readout, last_hidden_state, input_ids, attention_mask, position_ids, frames)
         output = BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=all_hidden
         )
@@ -297,6 +316,22 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
             hidden_states = hidden_states + self.position_embeddings(position_ids)
         hidden_states = self.embedding_dropout(hidden_states)
         return self.encoder(hidden_states, attention_mask, position_ids, output_hidden_states)
+
+    def _readout(self, readout, last_hidden_state, input_ids, attention_mask, position_ids, frames) -> torch.Tensor:
+        if readout == "kmer_bag":
+            return self.kmer_bag(input_ids, attention_mask)
+        pooled = masked_mean(last_hidden_state, attention_mask)
+        if frames > 1:
+            pooled = self._pool_frames(pooled, input_ids, attention_mask, position_ids, frames)
+        if readout == "mean+kmer_bag":
+            bag = self.kmer_bag(input_ids, attention_mask)
+            pooled = torch.cat([F.normalize(pooled, dim=-1), F.normalize(bag, dim=-1)], dim=-1)
+        return pooled
+
+    def kmer_bag(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(batch, hidden)``: the mean token embedding over every overlapping ACGT k-mer (zeros when none)."""
+        ids, mask = overlapping_kmers(input_ids, attention_mask, self.config)
+        return masked_mean(self.token_embeddings(ids), mask)
 
     def _pool_frames(self, pooled, input_ids, attention_mask, position_ids, count: int) -> torch.Tensor:
         """Mean of the pooled embeddings of the given frame and of ``count - 1`` shifted ones."""
@@ -412,6 +447,7 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             position_ids=ids_keep.masked_fill(~kept_attention, 0),
             output_hidden_states=output_hidden_states,
             embedding_frames=1,
+            readout="mean",
         )
         decoded = self.decoder(encoded.last_hidden_state, kept_attention, masking.ids_restore, attention_mask)
         logits = self.decoder.prediction(decoded[masking.mask])
@@ -434,7 +470,11 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
         if labels is None:
             input_ids, labels = self.mask_for_mlm(input_ids, attention_mask)
         encoded = self.barcodemae(
-            input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, embedding_frames=1
+            input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            embedding_frames=1,
+            readout="mean",
         )
         scored = labels != IGNORE_INDEX
         logits = self.lm_head(encoded.last_hidden_state[scored])
@@ -472,6 +512,26 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             tokenizer.save_pretrained(out_dir)
 
 
+@dataclass
+class BarcodeMAEClassifierOutput(SequenceClassifierOutput):
+    """`SequenceClassifierOutput` plus ``embeddings``: the barcode embeddings the classifier saw (``pooler_output``)."""
+
+    embeddings: torch.FloatTensor | None = None
+
+
+class CosineClassifier(nn.Module):
+    """Logits = ``scale`` x cosine(embedding, class vector): a softmax over cosines trains the embedding for
+    cosine nearest-neighbour search (NormFace)."""
+
+    def __init__(self, in_features: int, num_labels: int, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_labels, in_features))
+        self.scale = scale
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
 class BarcodeMAEForSequenceClassification(BarcodeMAEPreTrainedModel):
     """Encoder + linear classifier on the barcode embedding (species or genus). With
     ``config.freeze_encoder`` the encoder stays frozen and in eval mode: a linear probe."""
@@ -481,7 +541,10 @@ class BarcodeMAEForSequenceClassification(BarcodeMAEPreTrainedModel):
         self.num_labels = config.num_labels
         self.barcodemae = BarcodeMAEModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        if config.classifier_type == "cosine":
+            self.classifier = CosineClassifier(config.embedding_size, config.num_labels, config.classifier_scale)
+        else:
+            self.classifier = nn.Linear(config.embedding_size, config.num_labels)
         if config.freeze_encoder:
             self.barcodemae.requires_grad_(False)
         self.post_init()
@@ -499,12 +562,20 @@ class BarcodeMAEForSequenceClassification(BarcodeMAEPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> BarcodeMAEClassifierOutput | tuple:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
-            encoded = self.barcodemae(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+            if self.config.readout == "kmer_bag" and not output_hidden_states:  # the layers are not needed
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                pooled = self.barcodemae.kmer_bag(input_ids, attention_mask)
+                encoded = BaseModelOutputWithPooling(pooler_output=pooled)
+            else:
+                encoded = self.barcodemae(input_ids, attention_mask, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(encoded.pooler_output))
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
+        output = BarcodeMAEClassifierOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, embeddings=encoded.pooler_output
+        )
         return output if return_dict is not False else output.to_tuple()
 
 

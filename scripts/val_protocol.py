@@ -1,0 +1,70 @@
+"""The trusted val protocol for every modelling choice: genus 1-NN of all unique `val_unseen` barcodes against all
+unique `train` barcodes, per species and micro with bootstrap 95% intervals, for encoders and the model-free
+baselines on the same rows. Embeddings are cached per (model weights, sequences); results merge into --output.
+
+python scripts/val_protocol.py --data ../shared/data/barcodes.tsv.gz --kmer 6 7 8 --vsearch \
+    --model pretrained/barcodemae-small --output results/val/identification.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from barcodemae.baselines import kmer_nearest, vsearch_genus_1nn
+from barcodemae.embedding import Embedder, cached_embeddings
+from barcodemae.evaluation import identification_score, load_records, nearest_neighbors, prepare_protocol
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", nargs="*", default=[], help="encoder folders (their config's readout)")
+    parser.add_argument("--kmer", nargs="*", type=int, default=[], help="overlapping k-mer count baselines")
+    parser.add_argument("--vsearch", action="store_true", help="vsearch top hit (--id 0.5, 2 threads)")
+    parser.add_argument("--embedding-frames", type=int, help="override the models' reading frames")
+    parser.add_argument("--unseen-split", default="val_unseen")
+    parser.add_argument("--cache-dir", default=".cache/embeddings")
+    parser.add_argument("--output", default="results/val/identification.json")
+    args = parser.parse_args()
+
+    protocol = prepare_protocol(load_records(args.data)[0], seen_split="val", unseen_split=args.unseen_split)
+    refs, queries = protocol.train, protocol.unseen
+    ref_genus = np.asarray(refs.genus, dtype=object)
+    print(f"{len(queries)} {args.unseen_split} queries against {len(refs)} train references", flush=True)
+
+    output = Path(args.output)
+    results = json.loads(output.read_text()) if output.exists() else {}
+
+    def record(name: str, predicted, started: float) -> None:
+        score = identification_score(predicted, queries.genus, queries.species)
+        seconds = time.perf_counter() - started
+        print(f"{name:40s} {score}  ({seconds:.0f} s)", flush=True)
+        results[name] = {**score.as_dict(), "seconds": round(seconds, 1), "protocol": protocol.description}
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+
+    for k in args.kmer:
+        started = time.perf_counter()
+        record(f"k-mer {k} counts", ref_genus[kmer_nearest(queries.sequences, refs.sequences, k)], started)
+    if args.vsearch:
+        started = time.perf_counter()
+        record("vsearch top hit", vsearch_genus_1nn(queries.sequences, refs.sequences, list(ref_genus)), started)
+    for path in args.model:
+        started = time.perf_counter()
+        embedder = Embedder.from_pretrained(path)
+        if args.embedding_frames is not None:
+            embedder.model.config.embedding_frames = args.embedding_frames
+        ref_emb = cached_embeddings(embedder, refs.sequences, args.cache_dir)
+        query_emb = cached_embeddings(embedder, queries.sequences, args.cache_dir)
+        nearest, _ = nearest_neighbors(query_emb, ref_emb)
+        frames = embedder.model.config.embedding_frames
+        record(f"{path} ({frames} frame{'s' if frames > 1 else ''})", ref_genus[nearest[:, 0]], started)
+
+
+if __name__ == "__main__":
+    main()
