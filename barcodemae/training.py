@@ -288,6 +288,8 @@ def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuneTra
     check_arguments(args)
     training_args.remove_unused_columns = False  # the collator reads dna_barcode and row
     training_args.label_names = ["labels"]
+    # the batches come from the class-balanced sampler; this keeps the Trainer's samples/s and logs truthful
+    training_args.per_device_train_batch_size = args.classes_per_batch * args.samples_per_class
     return args, training_args
 
 

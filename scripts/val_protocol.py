@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], help="encoder folders (their config's readout)")
     parser.add_argument("--kmer", nargs="*", type=int, default=[], help="overlapping k-mer count baselines")
     parser.add_argument("--vsearch", action="store_true", help="vsearch top hit (--id 0.5, 2 threads)")
+    parser.add_argument("--readout", nargs="*", help="readouts to score (mean, kmer_bag, mean+kmer_bag)")
     parser.add_argument("--embedding-frames", type=int, help="override the models' reading frames")
     parser.add_argument("--unseen-split", default="val_unseen")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
@@ -55,15 +56,32 @@ def main() -> None:
         started = time.perf_counter()
         record("vsearch top hit", vsearch_genus_1nn(queries.sequences, refs.sequences, list(ref_genus)), started)
     for path in args.model:
-        started = time.perf_counter()
         embedder = Embedder.from_pretrained(path)
         if args.embedding_frames is not None:
             embedder.model.config.embedding_frames = args.embedding_frames
-        ref_emb = cached_embeddings(embedder, refs.sequences, args.cache_dir)
-        query_emb = cached_embeddings(embedder, queries.sequences, args.cache_dir)
-        nearest, _ = nearest_neighbors(query_emb, ref_emb)
-        frames = embedder.model.config.embedding_frames
-        record(f"{path} ({frames} frame{'s' if frames > 1 else ''})", ref_genus[nearest[:, 0]], started)
+        for readout in args.readout or [embedder.model.config.readout]:
+            started = time.perf_counter()
+            ref_emb, query_emb = (
+                readout_embeddings(embedder, readout, p.sequences, args.cache_dir) for p in (refs, queries)
+            )
+            nearest, _ = nearest_neighbors(query_emb, ref_emb)
+            frames = embedder.model.config.embedding_frames
+            record(f"{path} ({readout}, {frames} frame{'s' if frames > 1 else ''})", ref_genus[nearest[:, 0]], started)
+
+
+def readout_embeddings(embedder: Embedder, readout: str, sequences: list[str], cache_dir: str) -> np.ndarray:
+    """The model's embedding under another ``readout``; ``mean+kmer_bag`` is assembled from the two cached halves
+    exactly as the model does (each L2-normalised, concatenated)."""
+    if readout == "mean+kmer_bag":
+        halves = [readout_embeddings(embedder, half, sequences, cache_dir) for half in ("mean", "kmer_bag")]
+        return np.concatenate([h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12) for h in halves], 1)
+    config = embedder.model.config
+    original = (config.readout, embedder.hidden_size)
+    config.readout, embedder.hidden_size = readout, config.hidden_size
+    try:
+        return cached_embeddings(embedder, sequences, cache_dir)
+    finally:
+        config.readout, embedder.hidden_size = original
 
 
 if __name__ == "__main__":
