@@ -36,6 +36,7 @@ RESULT_KEYS = (
     "species_linear_probe_accuracy",
     "species_linear_probe_macro_f1",
     "genus_1nn_unseen_accuracy",
+    "genus_1nn_unseen_per_species",
     "species_1nn_test_accuracy",
     "harmonic_mean",
     "bin_ami",
@@ -532,11 +533,21 @@ def _embed(fn: EmbedFn, sequences: list[str], name: str, **kwargs) -> np.ndarray
     return emb
 
 
-def _genus_unseen(protocol: Protocol, train_emb: np.ndarray, unseen_emb: np.ndarray) -> float:
+def _genus_unseen(protocol: Protocol, train_emb: np.ndarray, unseen_emb: np.ndarray) -> IdentificationScore:
     ref, query = protocol.train.has("genus"), protocol.unseen.has("genus")
-    return genus_1nn_accuracy(
-        unseen_emb[query], protocol.unseen.labels("genus", query), train_emb[ref], protocol.train.labels("genus", ref)
-    )
+    predicted = one_nn_predict(unseen_emb[query], train_emb[ref], protocol.train.labels("genus", ref))
+    species = [s or g for s, g in zip(protocol.unseen.species, protocol.unseen.genus)]
+    species = [name for name, keep in zip(species, query) if keep]
+    return identification_score(predicted, protocol.unseen.labels("genus", query), species)
+
+
+def _genus_metrics(score: IdentificationScore) -> dict[str, Any]:
+    return {
+        "genus_1nn_unseen_accuracy": score.micro,
+        "genus_1nn_unseen_accuracy_interval": score.micro_interval,
+        "genus_1nn_unseen_per_species": score.per_species,
+        "genus_1nn_unseen_per_species_interval": score.per_species_interval,
+    }
 
 
 def _species_tasks(protocol: Protocol, train_emb, test_emb, seed: int, probe: ProbeConfig | None) -> dict[str, Any]:
@@ -572,9 +583,9 @@ def _evaluate_vectors(protocol: Protocol, train_emb, test_emb, unseen_emb, seed:
     return {
         "species_linear_probe_accuracy": species["species_linear_probe_accuracy"],
         "species_linear_probe_macro_f1": species["species_linear_probe_macro_f1"],
-        "genus_1nn_unseen_accuracy": genus,
+        **_genus_metrics(genus),
         "species_1nn_test_accuracy": species["species_1nn_test_accuracy"],
-        "harmonic_mean": harmonic_mean(species["species_linear_probe_accuracy"], genus),
+        "harmonic_mean": harmonic_mean(species["species_linear_probe_accuracy"], genus.micro),
         **_clustering(protocol, test_emb, unseen_emb, seed),
         "effective_rank": effective_rank(eval_emb[health_rows]),
         "mean_pairwise_cosine": mean_pairwise_cosine(eval_emb[health_rows]),
@@ -666,7 +677,8 @@ def evaluate_predictor(
     refs = [s for s, keep in zip(protocol.train.sequences, ref) if keep]
     queries = [s for s, keep in zip(protocol.unseen.sequences, query) if keep]
     genus_pred = predict(queries, refs, list(protocol.train.labels("genus", ref)))
-    genus = accuracy(np.asarray(genus_pred, dtype=object).astype(str), protocol.unseen.labels("genus", query))
+    species_of = [s or g for s, g, keep in zip(protocol.unseen.species, protocol.unseen.genus, query) if keep]
+    genus = identification_score(genus_pred, protocol.unseen.labels("genus", query), species_of)
     ref, query = protocol.train.has("species"), protocol.test.has("species")
     ref_labels = protocol.train.labels("species", ref)
     seen = query & np.isin(np.asarray(protocol.test.species, dtype=object).astype(str), ref_labels.astype(str))
@@ -676,7 +688,7 @@ def evaluate_predictor(
     species = accuracy(np.asarray(species_pred, dtype=object).astype(str), protocol.test.labels("species", seen))
     result = dict.fromkeys(RESULT_KEYS)
     result.update(
-        genus_1nn_unseen_accuracy=genus,
+        **_genus_metrics(genus),
         species_1nn_test_accuracy=species,
         n_train=len(protocol.train),
         n_test=len(protocol.test),
@@ -692,6 +704,7 @@ _COLUMNS = (
     ("species_linear_probe_accuracy", "species probe acc", 2),
     ("species_linear_probe_macro_f1", "species probe macro-F1", 2),
     ("genus_1nn_unseen_accuracy", "genus 1-NN unseen", 2),
+    ("genus_1nn_unseen_per_species", "genus 1-NN unseen per species", 2),
     ("species_1nn_test_accuracy", "species 1-NN test", 2),
     ("harmonic_mean", "harmonic mean", 2),
     ("bin_ami", "BIN AMI", 3),

@@ -32,6 +32,11 @@ RESULT_METRICS = {
     "species_linear_probe_accuracy": ("Species linear probe accuracy (seen species, test)", "accuracy", "test"),
     "species_linear_probe_macro_f1": ("Species linear probe macro-F1 (seen species, test)", "f1", "test"),
     "genus_1nn_unseen_accuracy": ("Genus 1-NN accuracy (unseen species, test_unseen)", "accuracy", "test_unseen"),
+    "genus_1nn_unseen_per_species": (
+        "Genus 1-NN accuracy, mean over species (unseen species, test_unseen)",
+        "accuracy",
+        "test_unseen",
+    ),
     "species_1nn_test_accuracy": ("Species 1-NN accuracy (seen species, test)", "accuracy", "test"),
     "harmonic_mean": ("Harmonic mean of probe and genus 1-NN accuracy", "harmonic_mean", "test"),
     "bin_ami": ("Zero-shot clustering AMI vs BIN", "ami", "test"),

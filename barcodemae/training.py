@@ -344,8 +344,42 @@ def run_finetune(argv: Sequence[str]) -> Path:
             "wall_seconds": round(time.time() - started, 1),
             "device": str(training_args.device),
         }
+        info["eval_history"] = [entry for entry in trainer.state.log_history if "eval_genus_1nn_per_species" in entry]
         (output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        (output_dir / "encoder" / "TRAINING.md").write_text(training_record(info, args))
     return output_dir
+
+
+def training_record(info: dict, args: FinetuneArguments) -> str:
+    """TRAINING.md of a fine-tuned encoder: command, data, labels, budget and the probe during training."""
+    import platform
+
+    rows = [
+        f"| {e['step']} | {e['eval_genus_1nn_per_species']:.2f} | {e['eval_genus_1nn_micro']:.2f} |"
+        for e in info.get("eval_history", [])
+    ]
+    batch = args.classes_per_batch * args.samples_per_class
+    return f"""# How this encoder was trained
+
+* Command: `{info["command"]}`
+* Start: `{args.model}` (its own TRAINING.md tells how it was pretrained).
+* Labels: {info["labels"]} of {info["training_barcodes"]} unique (barcode, label) rows of the
+  `{"`, `".join(info["label_splits"])}` partition(s) only (seen species; `val_unseen`, `test_unseen` and
+  `pretrain` labels are refused by `barcodemae finetune`).
+* Objective: `{info["objective"]}`; readout `{args.readout or "as loaded"}`; {info["global_step"]} steps of {batch}
+  barcodes ({args.classes_per_batch} labels x {args.samples_per_class}), random start offset
+  {"on" if args.random_offset else "off"}, crop fraction >= {args.min_crop_fraction}; final training loss
+  {info["train_loss"]:.3f}.
+* Wall time: {info["wall_seconds"] / 60:.1f} min (data loading and evaluations included), device `{info["device"]}`,
+  {platform.machine()} with {torch.get_num_threads()} torch threads.
+* Probe (genus 1-NN of all unique `{args.probe_split}` queries against {args.probe_references:,} unique `train`
+  references; choose on the per-species number): final {info["final_eval"].get("eval_genus_1nn_per_species")} per
+  species, {info["final_eval"].get("eval_genus_1nn_micro")} micro.
+
+| step | probe per species (%) | probe micro (%) |
+|---:|---:|---:|
+{chr(10).join(rows)}
+"""
 
 
 def _load_many(paths: Sequence[str]) -> tuple[list[dict], dict]:

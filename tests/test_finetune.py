@@ -124,6 +124,7 @@ def test_finetune_end_to_end_writes_a_loadable_encoder_named_by_its_labels(tmp_p
     assert type(encoder).__name__ == "BarcodeMAEModel" and encoder.config.readout == "mean+kmer_bag"
     card = (tmp_path / "run" / "encoder" / "README.md").read_text()
     assert "genus labels" in card and "`train`" in card and "seen species only" in card
+    assert "How this encoder was trained" in (tmp_path / "run" / "encoder" / "TRAINING.md").read_text()
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run", trust_remote_code=True)
     assert classifier.config.num_labels == len(classifier.config.id2label) > 8
     assert classifier.config.classifier_type == "cosine"
