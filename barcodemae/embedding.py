@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "barcodemae-small"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "barcodemae-small-genus"
 
 
 def default_model_path() -> str:

@@ -242,6 +242,8 @@ def render_model_card(
         embedding_size=2 * config["hidden_size"] if config.get("readout") == "mean+kmer_bag" else config["hidden_size"],
         readout_text=readout_text(config),
         trained_labels=config.get("trained_labels") or "none (self-supervised pretraining only)",
+        trained_by_labels=bool(config.get("trained_labels")),
+        readout=config.get("readout", "mean"),
         vocab_size=4 ** int(config.get("k_mer", 6)) + 5,
         max_length=config.get("max_length"),
         objective={"mae": "masked autoencoder (BarcodeMAE)", "mlm": "masked language modelling"}.get(

@@ -343,6 +343,7 @@ def run_finetune(argv: Sequence[str]) -> Path:
             "final_eval": metrics,
             "wall_seconds": round(time.time() - started, 1),
             "device": str(training_args.device),
+            "torch_threads": torch.get_num_threads(),
         }
         info["eval_history"] = [entry for entry in trainer.state.log_history if "eval_genus_1nn_per_species" in entry]
         (output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -352,8 +353,6 @@ def run_finetune(argv: Sequence[str]) -> Path:
 
 def training_record(info: dict, args: FinetuneArguments) -> str:
     """TRAINING.md of a fine-tuned encoder: command, data, labels, budget and the probe during training."""
-    import platform
-
     rows = [
         f"| {e['step']} | {e['eval_genus_1nn_per_species']:.2f} | {e['eval_genus_1nn_micro']:.2f} |"
         for e in info.get("eval_history", [])
@@ -371,7 +370,7 @@ def training_record(info: dict, args: FinetuneArguments) -> str:
   {"on" if args.random_offset else "off"}, crop fraction >= {args.min_crop_fraction}; final training loss
   {info["train_loss"]:.3f}.
 * Wall time: {info["wall_seconds"] / 60:.1f} min (data loading and evaluations included), device `{info["device"]}`,
-  {platform.machine()} with {torch.get_num_threads()} torch threads.
+  {info.get("torch_threads", "?")} torch thread(s).
 * Probe (genus 1-NN of all unique `{args.probe_split}` queries against {args.probe_references:,} unique `train`
   references; choose on the per-species number): final {info["final_eval"].get("eval_genus_1nn_per_species")} per
   species, {info["final_eval"].get("eval_genus_1nn_micro")} micro.

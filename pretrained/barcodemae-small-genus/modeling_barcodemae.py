@@ -1,0 +1,601 @@
+"""BarcodeMAE: a masked autoencoder over k-mer tokens of DNA barcodes.
+
+Pretraining (`BarcodeMAEForPreTraining`, ``objective="mae"``): a fraction of each barcode's k-mer tokens is
+masked; the encoder sees only the kept tokens (with their original positions); a decoder gets the encoder
+output restored to full length, a learned mask embedding at masked positions, and predicts the masked k-mers.
+With ``objective="mlm"`` the same encoder is trained BarcodeBERT-style: masked tokens are replaced by
+``[MASK]`` (80/10/10) and the encoder itself predicts them. After pretraining only the encoder
+(`BarcodeMAEModel`) is kept; the barcode embedding is the mean of its last hidden states over real tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_barcodemae import BarcodeMAEConfig
+except ImportError:  # imported as a top-level module (tests, train.py)
+    from configuration_barcodemae import BarcodeMAEConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class BarcodeMAEForPreTrainingOutput(ModelOutput):
+    """Output of `BarcodeMAEForPreTraining`.
+
+    Args:
+        loss: cross-entropy over the masked positions (MAE: plus ``visible_loss_weight`` times the cross-entropy of
+            reconstructing the visible k-mers).
+        logits: ``(num_scored, vocab_size)`` predictions for the scored positions, in the row-major order of
+            ``labels != -100`` (the head runs only where there is something to predict).
+        labels: ``(batch, length)`` target ids at scored positions, -100 elsewhere.
+        mask: ``(batch, length)`` 1 where a token was masked, 0 where it was kept or is padding.
+        ids_restore: ``(batch, length)`` MAE only: the permutation that restores the original order from the
+            shuffled order (kept tokens first), as in ViT-MAE.
+        hidden_states: encoder hidden states (embeddings + every layer), if requested.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    labels: torch.LongTensor | None = None
+    mask: torch.LongTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class RandomMasking:
+    """A per-sequence random masking: ``ids_shuffle`` puts kept tokens first, then masked ones, then padding."""
+
+    ids_shuffle: torch.LongTensor
+    ids_restore: torch.LongTensor
+    num_kept: torch.LongTensor
+    mask: torch.BoolTensor
+
+
+def random_masking(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor, mask_ratio: float, first_kmer_id: int
+) -> RandomMasking:
+    """Mask ``floor(mask_ratio * n)`` of the ``n`` ACGT k-mer tokens of every sequence, uniformly at random.
+
+    Special tokens (``[UNK]``, ``[CLS]``, ``[SEP]``) are always kept and padding is never masked: they get
+    noise below / above every maskable token before the argsort, so one sort orders each row as
+    kept | masked | padding.
+    """
+    real = attention_mask.bool()
+    maskable = real & (input_ids >= first_kmer_id)
+    num_masked = (maskable.sum(1) * mask_ratio).floor().long()
+    num_kept = real.sum(1) - num_masked
+    noise = torch.rand(input_ids.shape, device=input_ids.device)
+    noise = torch.where(maskable, noise, torch.where(real, -1.0, 2.0))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = real & (ids_restore >= num_kept[:, None])
+    return RandomMasking(ids_shuffle, ids_restore, num_kept, mask)
+
+
+def padding_mask_for_attention(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``(batch, 1, 1, length)`` boolean key mask for SDPA, or None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    keys = attention_mask.bool()
+    keys = keys | ~keys.any(dim=1, keepdim=True)  # an all-padding row attends everywhere instead of producing NaN
+    return keys[:, None, None, :]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE) computed from explicit position ids.
+
+    The frequencies are recomputed at each call rather than kept in a buffer: a non-persistent buffer is left
+    uninitialised when `from_pretrained` builds the model on the meta device, and the cost is negligible."""
+
+    def __init__(self, head_size: int, theta: float):
+        super().__init__()
+        self.head_size = head_size
+        self.theta = theta
+
+    def forward(self, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, self.head_size, 2, device=position_ids.device, dtype=torch.float32)
+        inv_freq = 1.0 / self.theta ** (exponents / self.head_size)
+        angles = position_ids[:, None, :, None].float() * inv_freq
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat([-second, first], dim=-1) * sin).to(x.dtype)
+
+
+class BarcodeMAEAttention(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_size = hidden_size // num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.output = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        batch, length, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_size)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if rotary is not None:
+            query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.output(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+class BarcodeMAELayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + MLP(norm(x))."""
+
+    def __init__(self, width: int, heads: int, ffn: int, config: BarcodeMAEConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attention = BarcodeMAEAttention(width, heads, config.attention_probs_dropout_prob)
+        self.mlp_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(width, ffn), ACT2FN[config.hidden_act], nn.Linear(ffn, width))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, key_mask=None, rotary=None):
+        attended = self.attention(self.attention_norm(hidden_states), key_mask, rotary)
+        hidden_states = hidden_states + self.dropout(attended)
+        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+
+
+class BarcodeMAETransformer(nn.Module):
+    """A stack of pre-norm blocks with a final LayerNorm; used by both encoder and decoder."""
+
+    def __init__(self, width: int, layers: int, heads: int, ffn: int, config: BarcodeMAEConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(BarcodeMAELayer(width, heads, ffn, config) for _ in range(layers))
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        use_rotary = config.position_embedding_type == "rotary"
+        self.rotary = RotaryEmbedding(width // heads, config.rope_theta) if use_rotary else None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        key_mask = padding_mask_for_attention(attention_mask)
+        rotary = self.rotary(position_ids) if self.rotary is not None else None
+        all_hidden = [hidden_states] if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, key_mask, rotary)
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden[-1] = hidden_states
+        return hidden_states, tuple(all_hidden) if all_hidden is not None else None
+
+
+class BarcodeMAEPreTrainedModel(PreTrainedModel):
+    config_class = BarcodeMAEConfig
+    base_model_prefix = "barcodemae"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["BarcodeMAELayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, BarcodeMAEDecoder):
+            init.normal_(module.mask_embedding, std=self.config.initializer_range)
+        if isinstance(module, CosineClassifier):
+            init.normal_(module.weight, std=self.config.initializer_range)
+
+
+def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over positions where ``attention_mask`` is 1; an all-padding row gives zeros."""
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def shift_frame(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor, shift: int, config: BarcodeMAEConfig
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """The non-overlapping k-mers of the same barcodes read ``shift`` bases (0 < shift < k) further on, derived
+    from the ids: k-mer ``i`` of the new frame is the last ``k - shift`` bases of k-mer ``i`` and the first
+    ``shift`` of k-mer ``i + 1``. It is ``[UNK]`` when either source is not an ACGT k-mer, and a barcode loses
+    its last token (its trailing bases were not tokenised)."""
+    k, first = config.k_mer, config.first_kmer_id
+    head, tail = input_ids[:, :-1], input_ids[:, 1:]
+    valid = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
+    known = (head >= first) & (tail >= first)
+    suffix = (head - first).clamp(min=0) % 4 ** (k - shift)
+    prefix = (tail - first).clamp(min=0) // 4 ** (k - shift)
+    shifted = torch.where(known, first + suffix * 4**shift + prefix, config.unk_token_id)
+    shifted = shifted.masked_fill(~valid, config.pad_token_id)
+    return shifted, valid.to(attention_mask.dtype)
+
+
+def overlapping_kmers(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor, config: BarcodeMAEConfig
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Every overlapping k-mer of the barcodes, derived from their non-overlapping ids: the k reading frames
+    side by side, ``(batch, k * length - k + 1)``, with a mask that is 1 exactly at ACGT k-mers (``[UNK]``,
+    special tokens and padding are 0)."""
+    frames, masks = [input_ids], [attention_mask]
+    for shift in range(1, config.k_mer):
+        ids, mask = shift_frame(input_ids, attention_mask, shift, config)
+        frames.append(ids)
+        masks.append(mask)
+    ids, mask = torch.cat(frames, dim=1), torch.cat(masks, dim=1)
+    return ids, mask * (ids >= config.first_kmer_id).to(mask.dtype)
+
+
+class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
+    """The BarcodeMAE encoder. ``pooler_output`` is the barcode embedding (``config.readout``): the mean of the
+    last hidden states over real (non-padding) tokens, the mean of the token embeddings of all overlapping
+    k-mers, or both; padding never changes it."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
+
+    def __init__(self, config: BarcodeMAEConfig):
+        super().__init__(config)
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        absolute = config.position_embedding_type == "absolute"
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size) if absolute else None
+        )
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.encoder = BarcodeMAETransformer(
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config,
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.token_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        embedding_frames: int | None = None,
+        readout: str | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Encode k-mer ids. ``position_ids`` default to ``0..length-1``; the MAE passes the original positions
+        of the kept tokens. ``embedding_frames`` and ``readout`` override the config's (pretraining passes 1 and
+        ``"mean"``: its pooled output is unused)."""
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {input_ids.shape[1]} tokens exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}; tokenize with truncation=True."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        last_hidden_state, all_hidden = self._encode(
+            input_ids, attention_mask, position_ids, bool(output_hidden_states)
+        )
+        frames = self.config.embedding_frames if embedding_frames is None else embedding_frames
+        readout = readout or self.config.readout
+        pooled = self._readout(readout, last_hidden_state, input_ids, attention_mask, position_ids, frames)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=all_hidden
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _encode(self, input_ids, attention_mask, position_ids, output_hidden_states=False):
+        hidden_states = self.token_embeddings(input_ids)
+        if self.position_embeddings is not None:
+            hidden_states = hidden_states + self.position_embeddings(position_ids)
+        hidden_states = self.embedding_dropout(hidden_states)
+        return self.encoder(hidden_states, attention_mask, position_ids, output_hidden_states)
+
+    def _readout(self, readout, last_hidden_state, input_ids, attention_mask, position_ids, frames) -> torch.Tensor:
+        if readout == "kmer_bag":
+            return self.kmer_bag(input_ids, attention_mask)
+        pooled = masked_mean(last_hidden_state, attention_mask)
+        if frames > 1:
+            pooled = self._pool_frames(pooled, input_ids, attention_mask, position_ids, frames)
+        if readout == "mean+kmer_bag":
+            bag = self.kmer_bag(input_ids, attention_mask)
+            pooled = torch.cat([F.normalize(pooled, dim=-1), F.normalize(bag, dim=-1)], dim=-1)
+        return pooled
+
+    def kmer_bag(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(batch, hidden)``: the mean token embedding over every overlapping ACGT k-mer (zeros when none)."""
+        ids, mask = overlapping_kmers(input_ids, attention_mask, self.config)
+        return masked_mean(self.token_embeddings(ids), mask)
+
+    def _pool_frames(self, pooled, input_ids, attention_mask, position_ids, count: int) -> torch.Tensor:
+        """Mean of the pooled embeddings of the given frame and of ``count - 1`` shifted ones."""
+        frames = [pooled]
+        for shift in range(1, count):
+            ids, mask = shift_frame(input_ids, attention_mask, shift, self.config)
+            hidden, _ = self._encode(ids, mask, position_ids[:, :-1])
+            frames.append(torch.where(mask.any(1, keepdim=True), masked_mean(hidden, mask), pooled))
+        return torch.stack(frames).mean(0)
+
+
+class BarcodeMAEDecoder(nn.Module):
+    """MAE decoder: project, insert the mask embedding at masked positions, unshuffle, add positions,
+    transformer; ``prediction`` maps its states to k-mer logits."""
+
+    def __init__(self, config: BarcodeMAEConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.projection = nn.Linear(config.hidden_size, width) if width != config.hidden_size else nn.Identity()
+        self.mask_embedding = nn.Parameter(torch.zeros(1, 1, width))
+        absolute = config.position_embedding_type == "absolute"
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width) if absolute else None
+        self.transformer = BarcodeMAETransformer(
+            width,
+            config.decoder_num_hidden_layers,
+            config.decoder_num_attention_heads,
+            config.decoder_intermediate_size,
+            config,
+        )
+        self.prediction = nn.Linear(width, config.vocab_size)
+
+    def forward(
+        self,
+        encoded: torch.Tensor,
+        kept_attention: torch.Tensor,
+        ids_restore: torch.LongTensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        batch, length = ids_restore.shape
+        hidden = self.projection(encoded)
+        mask_embedding = self.mask_embedding.to(hidden.dtype)
+        hidden = torch.where(kept_attention[..., None].bool(), hidden, mask_embedding)
+        filler = mask_embedding.expand(batch, length - hidden.shape[1], -1)
+        hidden = torch.cat([hidden, filler], dim=1)
+        hidden = torch.gather(hidden, 1, ids_restore[..., None].expand(-1, -1, hidden.shape[-1]))
+        position_ids = torch.arange(length, device=hidden.device).expand(batch, -1)
+        if self.position_embeddings is not None:
+            hidden = hidden + self.position_embeddings(position_ids)
+        hidden, _ = self.transformer(hidden, attention_mask, position_ids)
+        return hidden
+
+
+class BarcodeMAEPredictionHead(nn.Module):
+    """BERT-style masked-token head for the MLM baseline: dense → activation → LayerNorm → vocabulary."""
+
+    def __init__(self, config: BarcodeMAEConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.prediction = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.prediction(self.norm(self.activation(self.dense(hidden_states))))
+
+
+class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
+    """Encoder plus the pretraining head of ``config.objective``: the MAE decoder (``decoder``) or the
+    BarcodeBERT-style MLM head (``lm_head``)."""
+
+    def __init__(self, config: BarcodeMAEConfig):
+        super().__init__(config)
+        self.barcodemae = BarcodeMAEModel(config)
+        if config.objective == "mae":
+            self.decoder = BarcodeMAEDecoder(config)
+        else:
+            self.lm_head = BarcodeMAEPredictionHead(config)
+        if getattr(config, "auto_map", None) is None:
+            config.auto_map = dict(PRETRAINING_AUTO_MAP)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_loss: bool = True,
+        return_dict: bool | None = None,
+    ) -> BarcodeMAEForPreTrainingOutput | tuple:
+        """MAE: masks inside (``labels`` must be None; targets are the input ids). MLM: pass ``input_ids``
+        already masked with ``labels`` (e.g. from ``DataCollatorForLanguageModeling``), or let the model mask
+        (BERT 80/10/10 on ``mask_ratio`` of the k-mer tokens)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.config.objective == "mae":
+            if labels is not None:
+                raise ValueError("The MAE objective masks internally; do not pass labels.")
+            output = self._forward_mae(input_ids, attention_mask, bool(output_hidden_states))
+        else:
+            output = self._forward_mlm(input_ids, attention_mask, labels, bool(output_hidden_states))
+        return output if return_dict is not False else output.to_tuple()
+
+    def _forward_mae(self, input_ids, attention_mask, output_hidden_states) -> BarcodeMAEForPreTrainingOutput:
+        masking = random_masking(input_ids, attention_mask, self.config.mask_ratio, self.config.first_kmer_id)
+        max_kept = int(masking.num_kept.max())
+        ids_keep = masking.ids_shuffle[:, :max_kept]
+        kept_attention = torch.arange(max_kept, device=input_ids.device)[None, :] < masking.num_kept[:, None]
+        kept_ids = torch.gather(input_ids, 1, ids_keep).masked_fill(~kept_attention, self.config.pad_token_id)
+        encoded = self.barcodemae(
+            kept_ids,
+            attention_mask=kept_attention.long(),
+            position_ids=ids_keep.masked_fill(~kept_attention, 0),
+            output_hidden_states=output_hidden_states,
+            embedding_frames=1,
+            readout="mean",
+        )
+        decoded = self.decoder(encoded.last_hidden_state, kept_attention, masking.ids_restore, attention_mask)
+        logits = self.decoder.prediction(decoded[masking.mask])
+        loss = F.cross_entropy(logits.float(), input_ids[masking.mask])
+        if self.config.visible_loss_weight > 0:
+            visible = attention_mask.bool() & (input_ids >= self.config.first_kmer_id) & ~masking.mask
+            visible_logits = self.decoder.prediction(decoded[visible])
+            loss = loss + self.config.visible_loss_weight * F.cross_entropy(visible_logits.float(), input_ids[visible])
+        labels = input_ids.masked_fill(~masking.mask, IGNORE_INDEX)
+        return BarcodeMAEForPreTrainingOutput(
+            loss=loss,
+            logits=logits,
+            labels=labels,
+            mask=masking.mask.long(),
+            ids_restore=masking.ids_restore,
+            hidden_states=encoded.hidden_states,
+        )
+
+    def _forward_mlm(self, input_ids, attention_mask, labels, output_hidden_states) -> BarcodeMAEForPreTrainingOutput:
+        if labels is None:
+            input_ids, labels = self.mask_for_mlm(input_ids, attention_mask)
+        encoded = self.barcodemae(
+            input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            embedding_frames=1,
+            readout="mean",
+        )
+        scored = labels != IGNORE_INDEX
+        logits = self.lm_head(encoded.last_hidden_state[scored])
+        return BarcodeMAEForPreTrainingOutput(
+            loss=F.cross_entropy(logits.float(), labels[scored]),
+            logits=logits,
+            labels=labels,
+            mask=scored.long(),
+            hidden_states=encoded.hidden_states,
+        )
+
+    def mask_for_mlm(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """BERT masking of ``mask_ratio`` of the k-mer tokens: 80% ``[MASK]``, 10% random k-mer, 10% unchanged."""
+        masked = random_masking(input_ids, attention_mask, self.config.mask_ratio, self.config.first_kmer_id).mask
+        labels = input_ids.masked_fill(~masked, IGNORE_INDEX)
+        draw = torch.rand(input_ids.shape, device=input_ids.device)
+        random_kmers = torch.randint_like(input_ids, self.config.first_kmer_id, self.config.vocab_size)
+        corrupted = torch.where(masked & (draw < 0.8), self.config.mask_token_id, input_ids)
+        corrupted = torch.where(masked & (draw >= 0.8) & (draw < 0.9), random_kmers, corrupted)
+        return corrupted, labels
+
+    def save_encoder(self, out_dir: str | os.PathLike, tokenizer=None) -> None:
+        """Write the encoder-only Hub folder: config (with ``auto_map``), weights without the decoder,
+        tokenizer files and the remote-code modules; loadable with ``AutoModel``/``AutoTokenizer`` and
+        ``trust_remote_code=True``."""
+        pretraining_auto_map = self.config.auto_map
+        self.config.auto_map = dict(ENCODER_AUTO_MAP)
+        try:
+            self.barcodemae.save_pretrained(out_dir)
+        finally:
+            self.config.auto_map = pretraining_auto_map
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+
+
+@dataclass
+class BarcodeMAEClassifierOutput(SequenceClassifierOutput):
+    """`SequenceClassifierOutput` plus ``embeddings``: the barcode embeddings the classifier saw (``pooler_output``)."""
+
+    embeddings: torch.FloatTensor | None = None
+
+
+class CosineClassifier(nn.Module):
+    """Logits = ``scale`` x cosine(embedding, class vector): a softmax over cosines trains the embedding for
+    cosine nearest-neighbour search (NormFace)."""
+
+    def __init__(self, in_features: int, num_labels: int, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_labels, in_features))
+        self.scale = scale
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+class BarcodeMAEForSequenceClassification(BarcodeMAEPreTrainedModel):
+    """Encoder + linear classifier on the barcode embedding (species or genus). With
+    ``config.freeze_encoder`` the encoder stays frozen and in eval mode: a linear probe."""
+
+    def __init__(self, config: BarcodeMAEConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.barcodemae = BarcodeMAEModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        if config.classifier_type == "cosine":
+            self.classifier = CosineClassifier(config.embedding_size, config.num_labels, config.classifier_scale)
+        else:
+            self.classifier = nn.Linear(config.embedding_size, config.num_labels)
+        if config.freeze_encoder:
+            self.barcodemae.requires_grad_(False)
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.barcodemae.eval()
+        return self
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BarcodeMAEClassifierOutput | tuple:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            if self.config.readout == "kmer_bag" and not output_hidden_states:  # the layers are not needed
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                pooled = self.barcodemae.kmer_bag(input_ids, attention_mask)
+                encoded = BaseModelOutputWithPooling(pooler_output=pooled)
+            else:
+                encoded = self.barcodemae(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(encoded.pooler_output))
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        output = BarcodeMAEClassifierOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, embeddings=encoded.pooler_output
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+ENCODER_AUTO_MAP = {
+    "AutoConfig": "configuration_barcodemae.BarcodeMAEConfig",
+    "AutoModel": "modeling_barcodemae.BarcodeMAEModel",
+    "AutoModelForSequenceClassification": "modeling_barcodemae.BarcodeMAEForSequenceClassification",
+}
+PRETRAINING_AUTO_MAP = {**ENCODER_AUTO_MAP, "AutoModelForPreTraining": "modeling_barcodemae.BarcodeMAEForPreTraining"}
+
+BarcodeMAEConfig.register_for_auto_class()
+BarcodeMAEModel.register_for_auto_class("AutoModel")
+BarcodeMAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+BarcodeMAEForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "BarcodeMAEForPreTraining",
+    "BarcodeMAEForPreTrainingOutput",
+    "BarcodeMAEForSequenceClassification",
+    "BarcodeMAEModel",
+    "BarcodeMAEPreTrainedModel",
+    "random_masking",
+]

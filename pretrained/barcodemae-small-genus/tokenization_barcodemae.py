@@ -1,0 +1,117 @@
+"""K-mer tokenizer for DNA barcodes, backed by the `tokenizers` library.
+
+Normalisation (applied by the fast backend and mirrored by :func:`normalize_barcode`):
+
+* whitespace anywhere is removed, letters are upper-cased, ``U`` becomes ``T``;
+* alignment gaps ``-`` and ``.`` are removed (a gap is an alignment artefact, not a base);
+* a trailing run of ``N`` is stripped (as the BarcodeMAE authors do); leading and inner ``N`` are kept.
+
+Tokenisation: the normalised barcode is cut into non-overlapping k-mers from its first base. A k-mer
+made only of ``A C G T`` maps to its vocabulary id; a k-mer holding any other character (``N``, an IUPAC
+ambiguity code, or any other symbol) becomes ``[UNK]``. A trailing piece shorter than k is dropped.
+Sequences are truncated to ``model_max_length`` tokens (``max_length // k`` by default, i.e. the first
+660 bases with the paper's settings). No ``[CLS]``/``[SEP]`` are added: the barcode embedding is the mean
+of the k-mer token states.
+
+Vocabulary: ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``, then all ``4**k`` k-mers in lexicographic order
+over ``ACGT`` (``AAAAAA=5, AAAAAC=6, ..., TTTTTT=4100`` for k=6).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+NUCLEOTIDES = "ACGT"
+GAP_CHARACTERS = "-."
+_WHITESPACE_OR_GAP = re.compile(r"[\s\-.]+")
+_TRAILING_N = re.compile(r"N+$")
+
+
+def normalize_barcode(sequence: str) -> str:
+    """Return the barcode as the tokenizer sees it: no whitespace or gaps, upper case, U→T, no trailing N."""
+    cleaned = _WHITESPACE_OR_GAP.sub("", sequence).upper().replace("U", "T")
+    return _TRAILING_N.sub("", cleaned)
+
+
+def kmer_vocabulary(k_mer: int) -> dict[str, int]:
+    """Special tokens followed by every ACGT k-mer in lexicographic order."""
+    tokens = list(SPECIAL_TOKENS) + ["".join(p) for p in itertools.product(NUCLEOTIDES, repeat=k_mer)]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_backend(k_mer: int) -> Tokenizer:
+    """The `tokenizers` pipeline: normalise, split into non-overlapping k-mers, look them up."""
+    backend = Tokenizer(WordLevel(vocab=kmer_vocabulary(k_mer), unk_token="[UNK]"))
+    upper_case = [normalizers.Replace(c, c.upper()) for c in "abcdefghijklmnopqrstuvwxyz"]
+    backend.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(r"[\s\-.]+"), ""),
+            *upper_case,
+            normalizers.Replace("U", "T"),
+            normalizers.Replace(Regex("N+$"), ""),
+        ]
+    )
+    # The k-mers are the pattern's matches (invert=True); what lies between them, i.e. a trailing piece
+    # shorter than k, is a delimiter and removed. One regex pass (a second Split per piece cost 40%).
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(f".{{{k_mer}}}"), behavior="removed", invert=True)
+    backend.decoder = decoders.Fuse()
+    return backend
+
+
+class BarcodeMAETokenizer(PreTrainedTokenizerFast):
+    """Non-overlapping k-mer tokenizer; see the module docstring for the exact rules.
+
+    Args:
+        k_mer: k-mer length (the paper uses 6).
+        stride: step between k-mer starts; only ``stride == k_mer`` (non-overlapping) is supported.
+        model_max_length: maximum number of tokens; defaults to ``660 // k_mer``.
+    """
+
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
+
+    def __init__(self, k_mer: int = 6, stride: int | None = None, model_max_length: int | None = None, **kwargs):
+        stride = k_mer if stride is None else stride
+        if stride != k_mer:
+            raise ValueError(f"Only non-overlapping k-mers are supported (stride={stride} != k_mer={k_mer}).")
+        for rebuilt in ("tokenizer_file", "tokenizer_object", "vocab", "merges"):  # the backend is built from k_mer
+            kwargs.pop(rebuilt, None)
+        self.k_mer = k_mer
+        self.stride = stride
+        for name, token in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS):
+            kwargs.setdefault(name, token)
+        super().__init__(
+            tokenizer_object=build_backend(k_mer),
+            model_max_length=model_max_length or 660 // k_mer,
+            k_mer=k_mer,
+            stride=stride,
+            **kwargs,
+        )
+
+    @property
+    def first_kmer_id(self) -> int:
+        """Id of the first k-mer; every id at or above it is an ACGT k-mer."""
+        return len(SPECIAL_TOKENS)
+
+    def decode_barcode(self, token_ids) -> str:
+        """Concatenate k-mers back into a sequence; special tokens are skipped, ``[UNK]`` becomes ``N`` * k."""
+        if hasattr(token_ids, "tolist"):
+            token_ids = token_ids.tolist()
+        pieces = []
+        for token_id in token_ids:
+            if token_id == self.unk_token_id:
+                pieces.append("N" * self.k_mer)
+            elif token_id >= self.first_kmer_id:
+                pieces.append(self.convert_ids_to_tokens(token_id))
+        return "".join(pieces)
+
+
+BarcodeMAETokenizer.register_for_auto_class("AutoTokenizer")
+
+__all__ = ["BarcodeMAETokenizer", "normalize_barcode", "kmer_vocabulary"]
