@@ -239,6 +239,33 @@ def identification_score(
     )
 
 
+def paired_difference(
+    predicted_a: Sequence,
+    predicted_b: Sequence,
+    truth: Sequence,
+    species: Sequence,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B on the same queries, per species and micro (percentage points), with
+    paired bootstrap 95% intervals (the same resampled species / queries for both): much tighter than comparing
+    two separate intervals."""
+    a = np.array([p is not None and str(p) == str(t) for p, t in zip(predicted_a, truth)], dtype=np.float64)
+    b = np.array([p is not None and str(p) == str(t) for p, t in zip(predicted_b, truth)], dtype=np.float64)
+    _, group = np.unique(np.asarray(species, dtype=object).astype(str), return_inverse=True)
+    counts = np.bincount(group)
+    per_group = (np.bincount(group, weights=a) - np.bincount(group, weights=b)) / counts
+    rng = np.random.default_rng(seed)
+    species_draws = per_group[rng.integers(0, len(per_group), (resamples, len(per_group)))].mean(1) * 100
+    micro_draws = (a - b)[rng.integers(0, len(a), (resamples, len(a)))].mean(1) * 100
+    return {
+        "per_species": round(float(per_group.mean()) * 100, 2),
+        "per_species_interval": tuple(round(float(x), 2) for x in np.percentile(species_draws, [2.5, 97.5])),
+        "micro": round(float((a - b).mean()) * 100, 2),
+        "micro_interval": tuple(round(float(x), 2) for x in np.percentile(micro_draws, [2.5, 97.5])),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- linear probe
 @dataclass
 class ProbeConfig:

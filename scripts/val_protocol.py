@@ -9,6 +9,7 @@ python scripts/val_protocol.py --data ../shared/data/barcodes.tsv.gz --kmer 6 7 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,13 @@ import numpy as np
 
 from barcodemae.baselines import kmer_nearest, vsearch_genus_1nn
 from barcodemae.embedding import Embedder, cached_embeddings
-from barcodemae.evaluation import identification_score, load_records, nearest_neighbors, prepare_protocol
+from barcodemae.evaluation import (
+    identification_score,
+    load_records,
+    nearest_neighbors,
+    paired_difference,
+    prepare_protocol,
+)
 
 
 def main() -> None:
@@ -28,6 +35,9 @@ def main() -> None:
     parser.add_argument("--vsearch", action="store_true", help="vsearch top hit (--id 0.5, 2 threads)")
     parser.add_argument("--readout", nargs="*", help="readouts to score (mean, kmer_bag, mean+kmer_bag)")
     parser.add_argument("--embedding-frames", type=int, help="override the models' reading frames")
+    parser.add_argument(
+        "--paired-with", nargs="*", default=["vsearch top hit", "k-mer 8 counts"], help="rows to difference against"
+    )
     parser.add_argument("--unseen-split", default="val_unseen")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", default="results/val/identification.json")
@@ -41,11 +51,21 @@ def main() -> None:
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.exists() else {}
 
+    predictions_dir = Path(args.cache_dir).parent / "predictions" / args.unseen_split
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+
     def record(name: str, predicted, started: float) -> None:
         score = identification_score(predicted, queries.genus, queries.species)
         seconds = time.perf_counter() - started
         print(f"{name:40s} {score}  ({seconds:.0f} s)", flush=True)
         results[name] = {**score.as_dict(), "seconds": round(seconds, 1), "protocol": protocol.description}
+        prediction_file(predictions_dir, name).write_text(json.dumps([str(p) for p in predicted]))
+        for baseline in args.paired_with:
+            if prediction_file(predictions_dir, baseline).exists() and baseline != name:
+                other = json.loads(prediction_file(predictions_dir, baseline).read_text())
+                difference = paired_difference(predicted, other, queries.genus, queries.species)
+                results[name][f"minus {baseline}"] = difference
+                print(f"{'':40s} minus {baseline}: {difference}", flush=True)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -67,6 +87,11 @@ def main() -> None:
             nearest, _ = nearest_neighbors(query_emb, ref_emb)
             frames = embedder.model.config.embedding_frames
             record(f"{path} ({readout}, {frames} frame{'s' if frames > 1 else ''})", ref_genus[nearest[:, 0]], started)
+
+
+def prediction_file(folder: Path, name: str) -> Path:
+    """Where one row's predicted genera are kept (outside the repository: they are derived from the data)."""
+    return folder / f"{hashlib.sha256(name.encode()).hexdigest()[:16]}.json"
 
 
 def readout_embeddings(embedder: Embedder, readout: str, sequences: list[str], cache_dir: str) -> np.ndarray:

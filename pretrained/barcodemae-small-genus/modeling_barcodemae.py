@@ -331,7 +331,9 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
     def kmer_bag(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(batch, hidden)``: the mean token embedding over every overlapping ACGT k-mer (zeros when none)."""
         ids, mask = overlapping_kmers(input_ids, attention_mask, self.config)
-        return masked_mean(self.token_embeddings(ids), mask)
+        weight = self.token_embeddings.weight
+        summed = F.embedding_bag(ids, weight, mode="sum", per_sample_weights=mask.to(weight.dtype))
+        return summed / mask.sum(1, keepdim=True).clamp(min=1).to(weight.dtype)  # (no (batch, k*length, hidden) copy)
 
     def _pool_frames(self, pooled, input_ids, attention_mask, position_ids, count: int) -> torch.Tensor:
         """Mean of the pooled embeddings of the given frame and of ``count - 1`` shifted ones."""
