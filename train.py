@@ -28,12 +28,12 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 
 from barcodemae.data import detect_format, load_barcode_dataset, table_columns
+from barcodemae.training import LABEL_SPLITS, TimeBudgetCallback
 from configuration_barcodemae import BarcodeMAEConfig
 from modeling_barcodemae import IGNORE_INDEX, BarcodeMAEForPreTraining
 from tokenization_barcodemae import BarcodeMAETokenizer
@@ -58,6 +58,7 @@ class ModelArguments:
     decoder_intermediate_size: int | None = None
     mask_ratio: float | None = None
     visible_loss_weight: float | None = None
+    genus_loss_weight: float | None = None
     position_embedding_type: str | None = None
     embedding_frames: int | None = None
     hidden_dropout_prob: float | None = None
@@ -71,6 +72,7 @@ class ModelArguments:
         settings = json.loads(path.read_text())
         overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "preset"}
         settings.update({name: value for name, value in overrides.items() if value is not None})
+        settings.pop("genus_loss_weight", None)  # switched on by `add_genus_labels` once the labels are known
         return BarcodeMAEConfig(**settings)
 
 
@@ -84,6 +86,10 @@ class DataArguments:
     validation_split: str = field(default="val", metadata={"help": "Split for validation masked-token metrics."})
     validation_fraction: float = field(default=0.02, metadata={"help": "Held-out fraction when no such split."})
     max_eval_samples: int = 2000
+    genus_label_splits: list[str] = field(
+        default_factory=lambda: ["train"],
+        metadata={"help": f"Splits whose genus labels feed --genus_loss_weight (seen species only: {LABEL_SPLITS})."},
+    )
     deduplicate: bool = field(default=True, metadata={"help": "Drop repeated identical barcodes."})
     random_offset: bool = field(default=True, metadata={"help": "Random start offset 0..k-1 per barcode (paper)."})
     embedding_probe: bool = field(
@@ -106,25 +112,6 @@ class PretrainingArguments(TrainingArguments):
             "training. The schedule still runs to max_steps, so the learning rate is not annealed at the stop."
         },
     )
-
-
-class TimeBudgetCallback(TrainerCallback):
-    """Stop training, with a final evaluation and checkpoint, once ``max_minutes`` of training have passed."""
-
-    def __init__(self, max_minutes: float):
-        self.max_seconds = 60.0 * max_minutes
-        self.started: float | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.started >= self.max_seconds:
-            logger.info("Time budget of %.1f min reached at step %d", self.max_seconds / 60, state.global_step)
-            control.should_training_stop = True
-            control.should_evaluate = args.eval_strategy != "no"
-            control.should_save = args.save_strategy != "no"
-        return control
 
 
 @dataclass
@@ -158,7 +145,10 @@ class BarcodeCollator:
             frame = int(torch.randint(len(frames), (), generator=generator)) if len(frames) > 1 else 0
             chosen.append({"input_ids": frames[frame]})
         torch.manual_seed(batch_seed)
-        return {**self.inner(chosen), "batch_seed": torch.tensor(batch_seed)}
+        batch = {**self.inner(chosen), "batch_seed": torch.tensor(batch_seed)}
+        if "genus_label" in features[0]:
+            batch["genus_labels"] = torch.tensor([feature["genus_label"] for feature in features])
+        return batch
 
 
 def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int, num_proc: int | None = None):
@@ -172,11 +162,12 @@ def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int, num_pr
         frames_per_row = [[encoded["input_ids"][i] for encoded in per_offset] for i in range(len(rows))]
         return {"frames": frames_per_row, "row": rows}
 
+    kept = [name for name in ("genus_label",) if name in dataset.column_names]
     return dataset.map(
         encode,
         batched=True,
         with_indices=True,
-        remove_columns=dataset.column_names,
+        remove_columns=[name for name in dataset.column_names if name not in kept],
         num_proc=num_proc,
         desc="Tokenizing",
     )
@@ -295,6 +286,34 @@ def load_datasets(data_args: DataArguments, config: BarcodeMAEConfig, seed: int)
     return train, validation, probe, report
 
 
+def add_genus_labels(train, data_args: DataArguments, config: BarcodeMAEConfig, weight: float):
+    """Column ``genus_label`` (an index into the sorted genera of ``--genus_label_splits`` rows, -100 for every
+    other row) for the auxiliary genus loss, and the loss switched on in ``config``."""
+    leaking = sorted(set(data_args.genus_label_splits) - set(LABEL_SPLITS))
+    if leaking:
+        raise ValueError(f"--genus_label_splits {leaking} refused: genus labels may only come from {LABEL_SPLITS}")
+
+    def labelled(split: str, genus: str) -> bool:
+        return split in data_args.genus_label_splits and bool(genus)
+
+    genera = sorted({g for s, g in zip(train["split"], train["genus"]) if labelled(s, g)})
+    if len(genera) < 2:
+        raise ValueError(f"--genus_loss_weight needs rows of {data_args.genus_label_splits} with >= 2 genera")
+    index = {name: i for i, name in enumerate(genera)}
+
+    def encode(batch):
+        pairs = zip(batch["split"], batch["genus"])
+        return {"genus_label": [index[g] if labelled(s, g) else IGNORE_INDEX for s, g in pairs]}
+
+    config.genus_loss_weight, config.num_genus_labels = weight, len(genera)
+    config.trained_labels = (
+        f"{len(genera)} genus labels of the `{'`, `'.join(data_args.genus_label_splits)}` rows as an auxiliary "
+        f"pretraining loss (weight {weight:g}), seen species only"
+    )
+    config._check_consistency()
+    return train.map(encode, batched=True, desc="Genus labels")
+
+
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -306,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     with training_args.main_process_first(desc="loading data"):
         train, validation, probe_rows, report = load_datasets(data_args, config, training_args.seed)
     logger.info("Data: %s", report.summary())
+    if model_args.genus_loss_weight:
+        train = add_genus_labels(train, data_args, config, model_args.genus_loss_weight)
+        logger.info("Auxiliary genus loss: %d genera, weight %g", config.num_genus_labels, config.genus_loss_weight)
     frames = config.k_mer if data_args.random_offset else 1
     train_frames = tokenize_frames(train, tokenizer, frames, data_args.preprocessing_num_workers)
     validation_frames = tokenize_frames(validation, tokenizer, 1)

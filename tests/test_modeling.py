@@ -360,3 +360,26 @@ def test_cached_embeddings_are_keyed_by_weights_and_sequences(tmp_path, monkeypa
     assert not np.allclose(cached_embeddings(embedder, SEQUENCES, tmp_path), first)
     cached_embeddings(embedder, SEQUENCES[:2], tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 3
+
+
+@pytest.mark.parametrize("objective", ["mae", "mlm"])
+def test_auxiliary_genus_loss_is_weighted_and_skips_unlabelled_rows(batch, objective):
+    config = tiny_config(objective=objective, genus_loss_weight=0.5, num_genus_labels=3)
+    torch.manual_seed(0)
+    model = BarcodeMAEForPreTraining(config)
+    outputs = {}
+    for name, labels in {
+        "none": None,
+        "some": torch.tensor([2, -100, 0]),
+        "unlabelled": torch.full((3,), -100),
+    }.items():
+        torch.manual_seed(1)
+        outputs[name] = model(**batch, genus_labels=labels)
+    assert outputs["none"].genus_loss is None and outputs["unlabelled"].genus_loss == 0
+    torch.testing.assert_close(outputs["unlabelled"].loss, outputs["none"].loss)
+    assert outputs["some"].genus_loss > 0.5  # an untrained cosine classifier over 3 genera: about ln 3
+    torch.testing.assert_close(outputs["some"].loss, outputs["none"].loss + 0.5 * outputs["some"].genus_loss)
+    outputs["some"].loss.backward()
+    assert model.genus_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="num_genus_labels"):
+        tiny_config(genus_loss_weight=1.0)

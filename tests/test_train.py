@@ -99,3 +99,29 @@ def test_two_process_data_parallel_on_cpu(tmp_path, data_file):
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["global_step"] == 3
     assert (out / "encoder" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("objective", ["mae", "mlm"])
+def test_auxiliary_genus_loss_trains_on_train_labels_only_and_is_not_exported(tmp_path, data_file, objective):
+    out = tmp_path / objective
+    args = ["--data_file", str(data_file), "--objective", objective, "--output_dir", str(out), "--max_steps", "3"]
+    run_train([*args, "--genus_loss_weight", "0.5", "--embedding_probe", "false", "--eval_strategy", "no"])
+    config = json.loads((out / "config.json").read_text())
+    train_genera = {r["genus"] for r in with_splits(simulate_barcodes(n_orders=1, genera_per_family=3, seed=5))}
+    assert config["genus_loss_weight"] == 0.5 and 2 <= config["num_genus_labels"] <= len(train_genera)
+    assert "auxiliary pretraining loss" in config["trained_labels"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        assert any(name.startswith("genus_head.") for name in weights.keys())  # noqa: SIM118
+    with safe_open(str(out / "encoder" / "model.safetensors"), "pt") as weights:
+        assert not any("genus_head" in name for name in weights.keys())  # noqa: SIM118
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, "--genus_loss_weight", "1", "--genus_label_splits", "test"]
+        + COMMON,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert refused.returncode != 0 and "refused" in refused.stderr

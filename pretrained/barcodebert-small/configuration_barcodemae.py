@@ -50,6 +50,10 @@ class BarcodeMAEConfig(PreTrainedConfig):
             ``classifier_scale`` times the cosine between the embedding and a learned vector per class, which trains
             the embedding for cosine nearest-neighbour search).
         classifier_scale: logit scale of the cosine classifier.
+        genus_loss_weight: pretraining only: weight of an auxiliary genus-classification loss (BarcodeMAE+): a
+            cosine classifier (``classifier_scale``) on the mean encoder output of the tokens the encoder saw, over
+            ``num_genus_labels`` genera, for rows that carry a genus label (``genus_labels >= 0``). 0 = off.
+        num_genus_labels: size of that classifier (set by ``train.py`` from the labelled rows).
         trained_labels: which taxonomic labels (if any) trained the encoder beyond self-supervised pretraining;
             written by `barcodemae finetune` and shown in the model card.
     """
@@ -82,6 +86,8 @@ class BarcodeMAEConfig(PreTrainedConfig):
     readout: str = "mean"
     classifier_type: str = "linear"
     classifier_scale: float | int = 16.0
+    genus_loss_weight: float | int = 0.0
+    num_genus_labels: int = 0
     trained_labels: str | None = None
     pad_token_id: int | None = 0
     unk_token_id: int | None = 1
@@ -135,6 +141,11 @@ class BarcodeMAEConfig(PreTrainedConfig):
             f"classifier_type must be one of {CLASSIFIER_TYPES} (got {self.classifier_type!r})",
         )
         require(self.classifier_scale > 0, f"classifier_scale must be positive (got {self.classifier_scale})")
+        require(self.genus_loss_weight >= 0, f"genus_loss_weight must be >= 0 (got {self.genus_loss_weight})")
+        require(
+            self.genus_loss_weight == 0 or self.num_genus_labels >= 2,
+            f"genus_loss_weight > 0 needs num_genus_labels >= 2 (got {self.num_genus_labels})",
+        )
         require(self.visible_loss_weight >= 0, f"visible_loss_weight must be >= 0 (got {self.visible_loss_weight})")
         for prefix in ("", "decoder_"):
             width = getattr(self, f"{prefix}hidden_size")

@@ -45,6 +45,7 @@ class BarcodeMAEForPreTrainingOutput(ModelOutput):
         ids_restore: ``(batch, length)`` MAE only: the permutation that restores the original order from the
             shuffled order (kept tokens first), as in ViT-MAE.
         hidden_states: encoder hidden states (embeddings + every layer), if requested.
+        genus_loss: the auxiliary genus-classification loss (already in ``loss`` with its weight), if computed.
     """
 
     loss: torch.FloatTensor | None = None
@@ -53,6 +54,7 @@ class BarcodeMAEForPreTrainingOutput(ModelOutput):
     mask: torch.LongTensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    genus_loss: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -252,7 +254,7 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
     last hidden states over real (non-padding) tokens, the mean of the token embeddings of all overlapping
     k-mers, or both; padding never changes it."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\.", r"^genus_head\."]
 
     def __init__(self, config: BarcodeMAEConfig):
         super().__init__(config)
@@ -400,6 +402,19 @@ class BarcodeMAEPredictionHead(nn.Module):
         return self.prediction(self.norm(self.activation(self.dense(hidden_states))))
 
 
+class CosineClassifier(nn.Module):
+    """Logits = ``scale`` x cosine(embedding, class vector): a softmax over cosines trains the embedding for
+    cosine nearest-neighbour search (NormFace)."""
+
+    def __init__(self, in_features: int, num_labels: int, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_labels, in_features))
+        self.scale = scale
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
 class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
     """Encoder plus the pretraining head of ``config.objective``: the MAE decoder (``decoder``) or the
     BarcodeBERT-style MLM head (``lm_head``)."""
@@ -411,6 +426,8 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             self.decoder = BarcodeMAEDecoder(config)
         else:
             self.lm_head = BarcodeMAEPredictionHead(config)
+        if config.genus_loss_weight > 0:
+            self.genus_head = CosineClassifier(config.hidden_size, config.num_genus_labels, config.classifier_scale)
         if getattr(config, "auto_map", None) is None:
             config.auto_map = dict(PRETRAINING_AUTO_MAP)
         self.post_init()
@@ -420,24 +437,38 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        genus_labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_loss: bool = True,
         return_dict: bool | None = None,
     ) -> BarcodeMAEForPreTrainingOutput | tuple:
         """MAE: masks inside (``labels`` must be None; targets are the input ids). MLM: pass ``input_ids``
         already masked with ``labels`` (e.g. from ``DataCollatorForLanguageModeling``), or let the model mask
-        (BERT 80/10/10 on ``mask_ratio`` of the k-mer tokens)."""
+        (BERT 80/10/10 on ``mask_ratio`` of the k-mer tokens). ``genus_labels`` (``(batch,)``, -100 for rows
+        without a label) add the auxiliary genus loss when ``config.genus_loss_weight > 0``."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if self.config.objective == "mae":
             if labels is not None:
                 raise ValueError("The MAE objective masks internally; do not pass labels.")
-            output = self._forward_mae(input_ids, attention_mask, bool(output_hidden_states))
+            output, encoded, seen = self._forward_mae(input_ids, attention_mask, bool(output_hidden_states))
         else:
-            output = self._forward_mlm(input_ids, attention_mask, labels, bool(output_hidden_states))
+            output, encoded, seen = self._forward_mlm(input_ids, attention_mask, labels, bool(output_hidden_states))
+        if genus_labels is not None and self.config.genus_loss_weight > 0:
+            output.genus_loss = self._genus_loss(encoded, seen, genus_labels)
+            output.loss = output.loss + self.config.genus_loss_weight * output.genus_loss
         return output if return_dict is not False else output.to_tuple()
 
-    def _forward_mae(self, input_ids, attention_mask, output_hidden_states) -> BarcodeMAEForPreTrainingOutput:
+    def _genus_loss(self, encoded: torch.Tensor, seen: torch.Tensor, genus_labels: torch.LongTensor) -> torch.Tensor:
+        """Cross-entropy of the cosine genus classifier on the mean output of the tokens the encoder saw; zero (with
+        a graph) for a batch without labelled rows."""
+        labelled = genus_labels != IGNORE_INDEX
+        logits = self.genus_head(masked_mean(encoded[labelled], seen[labelled]))
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), genus_labels[labelled])
+
+    def _forward_mae(self, input_ids, attention_mask, output_hidden_states):
         masking = random_masking(input_ids, attention_mask, self.config.mask_ratio, self.config.first_kmer_id)
         max_kept = int(masking.num_kept.max())
         ids_keep = masking.ids_shuffle[:, :max_kept]
@@ -459,7 +490,7 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             visible_logits = self.decoder.prediction(decoded[visible])
             loss = loss + self.config.visible_loss_weight * F.cross_entropy(visible_logits.float(), input_ids[visible])
         labels = input_ids.masked_fill(~masking.mask, IGNORE_INDEX)
-        return BarcodeMAEForPreTrainingOutput(
+        output = BarcodeMAEForPreTrainingOutput(
             loss=loss,
             logits=logits,
             labels=labels,
@@ -467,8 +498,9 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             ids_restore=masking.ids_restore,
             hidden_states=encoded.hidden_states,
         )
+        return output, encoded.last_hidden_state, kept_attention
 
-    def _forward_mlm(self, input_ids, attention_mask, labels, output_hidden_states) -> BarcodeMAEForPreTrainingOutput:
+    def _forward_mlm(self, input_ids, attention_mask, labels, output_hidden_states):
         if labels is None:
             input_ids, labels = self.mask_for_mlm(input_ids, attention_mask)
         encoded = self.barcodemae(
@@ -480,13 +512,14 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
         )
         scored = labels != IGNORE_INDEX
         logits = self.lm_head(encoded.last_hidden_state[scored])
-        return BarcodeMAEForPreTrainingOutput(
+        output = BarcodeMAEForPreTrainingOutput(
             loss=F.cross_entropy(logits.float(), labels[scored]),
             logits=logits,
             labels=labels,
             mask=scored.long(),
             hidden_states=encoded.hidden_states,
         )
+        return output, encoded.last_hidden_state, attention_mask
 
     def mask_for_mlm(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor
@@ -519,19 +552,6 @@ class BarcodeMAEClassifierOutput(SequenceClassifierOutput):
     """`SequenceClassifierOutput` plus ``embeddings``: the barcode embeddings the classifier saw (``pooler_output``)."""
 
     embeddings: torch.FloatTensor | None = None
-
-
-class CosineClassifier(nn.Module):
-    """Logits = ``scale`` x cosine(embedding, class vector): a softmax over cosines trains the embedding for
-    cosine nearest-neighbour search (NormFace)."""
-
-    def __init__(self, in_features: int, num_labels: int, scale: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_labels, in_features))
-        self.scale = scale
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T
 
 
 class BarcodeMAEForSequenceClassification(BarcodeMAEPreTrainedModel):
