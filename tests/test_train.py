@@ -59,6 +59,7 @@ def test_train_end_to_end_exports_a_loadable_encoder(tmp_path, data_file, object
     assert info["objective"] == objective and info["global_step"] == 4 and info["world_size"] == 1
     assert 0 <= info["final_eval"]["eval_masked_accuracy"] <= 100
     assert "eval_genus_1nn_unseen" in info["final_eval"] and "eval_effective_rank" in info["final_eval"]
+    assert 0 <= info["final_eval"]["eval_genus_1nn_unseen_per_species"] <= 100
     report = json.loads((out / "data_report.json").read_text())
     assert report["n_kept"] > 0 and "excluded_split" in report["skipped"]
     assert (out / "loss_curve.png").stat().st_size > 0
