@@ -123,8 +123,8 @@ def _embedder(args: argparse.Namespace, model_path: str):
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from barcodemae.embedding import default_model_path
-    from barcodemae.identify import check_embedding_output, check_input, embed_file, print_report
+    from barcodemae.embedding import check_embedding_output, check_input, default_model_path, embed_file
+    from barcodemae.identify import print_report
 
     check_input(args.input)
     check_embedding_output(args.output)
@@ -137,8 +137,8 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _identify(args: argparse.Namespace) -> None:
-    from barcodemae.embedding import default_model_path
-    from barcodemae.identify import ReferenceIndex, build_index, check_input, identify_file, print_report
+    from barcodemae.embedding import check_input, default_model_path
+    from barcodemae.identify import ReferenceIndex, build_index, identify_file, print_report
     from barcodemae.io import check_output_path
 
     if args.query is None and not args.save_index:

@@ -4,7 +4,9 @@ The embedding is a BarcodeMAE encoder's ``pooler_output`` (the mean of its last 
 averaged over reading frames when ``config.embedding_frames > 1``); for any other encoder, the mean of its last
 hidden states over real (non-padding) tokens. Batches are formed from length-sorted sequences (sort, embed,
 restore the input order) so that little compute is spent on padding; long inputs are processed in chunks so
-memory stays bounded.
+memory stays bounded. Files (FASTA or BIOSCAN-style tables) are read with `barcodemae.data.iter_barcodes`, cleaned
+to the model's own limits, and embedded in chunks (:func:`embed_chunks`, :func:`embed_file`); :func:`cached_embeddings`
+keeps embeddings of fixed sets (evaluation protocols) on disk, keyed by the model's weights and the sequences.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
+
+from barcodemae.data import BarcodeRecord, CleaningReport, detect_format, iter_barcodes
+from barcodemae.io import check_output_path, embedding_outputs, open_embeddings
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "barcodemae-small-genus"
 
@@ -198,3 +203,76 @@ class Embedder:
         weights = inputs["attention_mask"].unsqueeze(-1).float()
         pooled = (output.last_hidden_state.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return pooled.cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------- files
+DEFAULT_CHUNK = 4096
+
+
+def model_limits(embedder: Embedder) -> tuple[int, int]:
+    """``(max_length in bases, k_mer)`` the model's tokenizer reads; records are cleaned to these."""
+    tokenizer, config = embedder.tokenizer, embedder.model.config
+    k_mer = int(getattr(tokenizer, "k_mer", None) or getattr(config, "k_mer", 1))
+    max_length = int(tokenizer.model_max_length) * k_mer
+    return min(max_length, int(getattr(config, "max_length", max_length))), k_mer
+
+
+def check_input(path: str | os.PathLike) -> Path:
+    """A readable barcode file with a known suffix (checked before the model is loaded)."""
+    path = Path(path)
+    detect_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: input file not found")
+    return path
+
+
+def iter_records(
+    path: str | os.PathLike, embedder: Embedder, report: CleaningReport, strict: bool = False
+) -> Iterator[BarcodeRecord]:
+    """Cleaned records of ``path`` for ``embedder``'s model; with ``strict`` any skip raises ``DataError``."""
+    max_length, k_mer = model_limits(embedder)
+    return iter_barcodes(path, max_length, k_mer, report, on_invalid="raise" if strict else "skip")
+
+
+def embed_chunks(
+    records: Iterable[BarcodeRecord], embedder: Embedder, chunk_size: int = DEFAULT_CHUNK, progress: bool = True
+) -> Iterator[tuple[list[BarcodeRecord], np.ndarray]]:
+    """``(records, (n, hidden) embeddings)`` per chunk of at most ``chunk_size`` records, in input order."""
+    bar = tqdm(disable=not progress, desc="embedding", unit=" barcodes", dynamic_ncols=True)
+    chunk: list[BarcodeRecord] = []
+    try:
+        for record in records:
+            chunk.append(record)
+            if len(chunk) == chunk_size:
+                yield chunk, embedder([r.sequence for r in chunk])
+                bar.update(len(chunk))
+                chunk = []
+        if chunk:
+            yield chunk, embedder([r.sequence for r in chunk])
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def embed_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    embedder: Embedder,
+    *,
+    strict: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> CleaningReport:
+    """Embed every kept record of ``input_path`` into ``output_path`` (format by suffix, see ``barcodemae.io``)."""
+    report = CleaningReport()
+    with open_embeddings(output_path, embedder.hidden_size) as writer:
+        for chunk, embeddings in embed_chunks(
+            iter_records(input_path, embedder, report, strict), embedder, chunk_size, progress
+        ):
+            writer.write([record.record_id for record in chunk], embeddings)
+    return report
+
+
+def check_embedding_output(path: str | os.PathLike) -> None:
+    for output in embedding_outputs(path):
+        check_output_path(output)

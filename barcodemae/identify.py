@@ -1,8 +1,6 @@
-"""Daily use: embed a barcode file, and identify query barcodes against a labelled reference.
-
-Both read FASTA or BIOSCAN-style tables with :func:`barcodemae.data.iter_barcodes` (same cleaning rules and
-errors), cleaning to the model's own limits (k-mer length and the longest barcode its tokenizer reads), and embed
-in chunks, so inputs larger than memory work.
+"""Identify query barcodes against a labelled reference (files are read and embedded by
+:func:`barcodemae.embedding.embed_chunks`: the same cleaning rules and errors, in chunks, so inputs larger than
+memory work).
 
 **Identification** (:func:`identify_file`): each query's ``top_k`` nearest reference barcodes by cosine
 similarity of the mean-pooled embeddings. The predicted genus and species are those of the nearest reference
@@ -28,94 +26,20 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from barcodemae.data import BarcodeRecord, CleaningReport, detect_format, iter_barcodes
-from barcodemae.embedding import Embedder
-from barcodemae.evaluation import CosineIndex
-from barcodemae.io import atomic_folder, atomic_text, check_output_path, embedding_outputs, open_embeddings
+from barcodemae.data import BarcodeRecord, CleaningReport
+from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records
+from barcodemae.io import atomic_folder, atomic_text
+from barcodemae.search import CosineIndex
 
 INDEX_FORMAT = "barcodemae-reference-index"
 INDEX_FILE = "index.json"
 INDEX_EMBEDDINGS = "embeddings.safetensors"
-DEFAULT_CHUNK = 4096
-
-
-# ------------------------------------------------------------------------------------------- reading
-def model_limits(embedder: Embedder) -> tuple[int, int]:
-    """``(max_length in bases, k_mer)`` the model's tokenizer reads; records are cleaned to these."""
-    tokenizer, config = embedder.tokenizer, embedder.model.config
-    k_mer = int(getattr(tokenizer, "k_mer", None) or getattr(config, "k_mer", 1))
-    max_length = int(tokenizer.model_max_length) * k_mer
-    return min(max_length, int(getattr(config, "max_length", max_length))), k_mer
-
-
-def check_input(path: str | os.PathLike) -> Path:
-    """A readable barcode file with a known suffix (checked before the model is loaded)."""
-    path = Path(path)
-    detect_format(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: input file not found")
-    return path
-
-
-def iter_records(
-    path: str | os.PathLike, embedder: Embedder, report: CleaningReport, strict: bool = False
-) -> Iterator[BarcodeRecord]:
-    """Cleaned records of ``path`` for ``embedder``'s model; with ``strict`` any skip raises ``DataError``."""
-    max_length, k_mer = model_limits(embedder)
-    return iter_barcodes(path, max_length, k_mer, report, on_invalid="raise" if strict else "skip")
-
-
-def embed_chunks(
-    records: Iterable[BarcodeRecord], embedder: Embedder, chunk_size: int = DEFAULT_CHUNK, progress: bool = True
-) -> Iterator[tuple[list[BarcodeRecord], np.ndarray]]:
-    """``(records, (n, hidden) embeddings)`` per chunk of at most ``chunk_size`` records, in input order."""
-    bar = tqdm(disable=not progress, desc="embedding", unit=" barcodes", dynamic_ncols=True)
-    chunk: list[BarcodeRecord] = []
-    try:
-        for record in records:
-            chunk.append(record)
-            if len(chunk) == chunk_size:
-                yield chunk, embedder([r.sequence for r in chunk])
-                bar.update(len(chunk))
-                chunk = []
-        if chunk:
-            yield chunk, embedder([r.sequence for r in chunk])
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-
-
-# ------------------------------------------------------------------------------------------- embed
-def embed_file(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    embedder: Embedder,
-    *,
-    strict: bool = False,
-    chunk_size: int = DEFAULT_CHUNK,
-    progress: bool = True,
-) -> CleaningReport:
-    """Embed every kept record of ``input_path`` into ``output_path`` (format by suffix, see ``barcodemae.io``)."""
-    report = CleaningReport()
-    with open_embeddings(output_path, embedder.hidden_size) as writer:
-        for chunk, embeddings in embed_chunks(
-            iter_records(input_path, embedder, report, strict), embedder, chunk_size, progress
-        ):
-            writer.write([record.record_id for record in chunk], embeddings)
-    return report
-
-
-def check_embedding_output(path: str | os.PathLike) -> None:
-    for output in embedding_outputs(path):
-        check_output_path(output)
 
 
 # ------------------------------------------------------------------------------------------- threshold
@@ -351,12 +275,7 @@ __all__ = [
     "ReferenceIndex",
     "build_index",
     "calibrate_threshold",
-    "check_embedding_output",
-    "check_input",
-    "embed_chunks",
-    "embed_file",
     "identify_file",
-    "model_limits",
     "prediction_columns",
     "read_predictions",
 ]

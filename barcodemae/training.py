@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from barcodemae.embedding import Embedder, default_model_path
-from barcodemae.evaluation import identification_score, load_records, nearest_neighbors, prepare_protocol
+from barcodemae.evaluation import identification_score, load_records, prepare_protocol
+from barcodemae.search import nearest_neighbors
 
 logger = logging.getLogger("barcodemae.training")
 

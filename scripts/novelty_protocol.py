@@ -15,8 +15,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from barcodemae.embedding import Embedder, cached_embeddings, default_model_path
-from barcodemae.evaluation import load_records, nearest_neighbors, prepare_protocol
+from barcodemae.evaluation import load_records, prepare_protocol
 from barcodemae.identify import _best_split, calibrate_threshold
+from barcodemae.search import nearest_neighbors
 
 
 def main() -> None:

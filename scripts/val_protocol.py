@@ -21,10 +21,10 @@ from barcodemae.embedding import Embedder, cached_embeddings
 from barcodemae.evaluation import (
     identification_score,
     load_records,
-    nearest_neighbors,
     paired_difference,
     prepare_protocol,
 )
+from barcodemae.search import nearest_neighbors
 
 
 def main() -> None:

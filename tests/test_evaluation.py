@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from barcodemae import evaluation as ev
+from barcodemae import search
 from barcodemae.baselines import kmer_count_features
 from barcodemae.plots import plot_robustness, plot_training_curves, plot_tsne, underrepresented_genera
 from barcodemae.simulate import simulate_barcodes
@@ -81,17 +82,17 @@ def test_nearest_neighbors_chunked_equals_brute_force(k):
         refs / np.linalg.norm(refs, axis=1, keepdims=True)
     ).T
     expected = np.argsort(-sims, axis=1)[:, :k]
-    index = ev.CosineIndex(refs, reference_chunk=13)
+    index = search.CosineIndex(refs, reference_chunk=13)
     got, got_sims = index.search(queries, k=k, chunk_size=7)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(got_sims, np.take_along_axis(sims, expected, axis=1), atol=1e-5)
-    default, _ = ev.nearest_neighbors(queries, refs, k=k)
+    default, _ = search.nearest_neighbors(queries, refs, k=k)
     np.testing.assert_array_equal(default, expected)
 
 
 def test_nearest_neighbor_ties_pick_lowest_index_across_chunks():
     refs = np.ones((10, 3))
-    indices, _ = ev.CosineIndex(refs, reference_chunk=3).search(np.ones((4, 3)), k=1)
+    indices, _ = search.CosineIndex(refs, reference_chunk=3).search(np.ones((4, 3)), k=1)
     assert (indices == 0).all()
 
 
