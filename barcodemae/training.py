@@ -284,7 +284,11 @@ def load_classifier(args: FinetuneArguments, label_names: list[str]):
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuneTrainingArguments]:
-    parser = HfArgumentParser((FinetuneArguments, FinetuneTrainingArguments))
+    parser = HfArgumentParser(
+        (FinetuneArguments, FinetuneTrainingArguments),
+        prog="barcodemae finetune",
+        description="Taxonomy-aware training of a BarcodeMAE encoder (any TrainingArguments flag works).",
+    )
     args, training_args = parser.parse_args_into_dataclasses(list(argv))
     check_arguments(args)
     training_args.remove_unused_columns = False  # the collator reads dna_barcode and row

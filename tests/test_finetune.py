@@ -145,3 +145,11 @@ def test_genus_finetuning_of_the_kmer_bag_lifts_unseen_species_genus_1nn(tmp_pat
     initial = before["final_eval"]["eval_genus_1nn_per_species"]
     assert initial < 60  # measured: 33.5 at initialisation, 87.5 after 60 steps
     assert after["final_eval"]["eval_genus_1nn_per_species"] >= initial + 25
+
+
+def test_finetune_reports_a_missing_data_file_in_one_line(tmp_path, finetune_inputs, capsys):
+    _, model = finetune_inputs
+    argv = ["finetune", "--data", str(tmp_path / "absent.tsv"), "--model", str(model), "--output_dir", str(tmp_path)]
+    assert cli_main([*argv, "--use_cpu", "true"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("barcodemae finetune: error:") and "absent.tsv" in error
