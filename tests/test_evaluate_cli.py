@@ -38,3 +38,36 @@ def test_evaluate_caps_partitions_for_a_compute_budget(tmp_path):
     assert code == 0
     row = json.loads((out / "results.json").read_text())["results"]["tiny-encoder"]
     assert (row["n_train"], row["n_test"], row["n_unseen"]) == (20, 20, 15)
+
+
+def test_evaluate_takes_any_local_automodel_encoder_with_mean_pooling(tmp_path):
+    """A random-init BertModel saved locally with a plain fast tokenizer (no remote code): the same harness."""
+    import torch
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from tokenization_barcodemae import BarcodeMAETokenizer
+
+    k_mer = BarcodeMAETokenizer(k_mer=4, model_max_length=170)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=k_mer.backend_tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=170,
+    )
+    config = BertConfig(vocab_size=len(k_mer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    config.intermediate_size, config.max_position_embeddings = 64, 256
+    torch.manual_seed(0)
+    folder = tmp_path / "bert-encoder"
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    records = with_splits(simulate_barcodes(n_orders=1, genera_per_family=4, species_per_genus=4, seed=2))
+    data = write_tsv(records, tmp_path / "sim.tsv")
+    out = tmp_path / "eval"
+    options = ["--robustness-queries", "10", "--no-plots"]
+    assert main(["evaluate", "--model", str(folder), "--data", str(data), "--output", str(out), *options]) == 0
+    row = json.loads((out / "results.json").read_text())["results"]["bert-encoder"]
+    assert 0 <= row["genus_1nn_unseen_per_species"] <= 100 and 0 <= row["species_linear_probe_accuracy"] <= 100
+    assert row["genus_1nn_unseen_per_species_interval"][0] <= row["genus_1nn_unseen_per_species"]
