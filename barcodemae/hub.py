@@ -74,6 +74,19 @@ def _load_encoder(folder: Path):
     return BarcodeMAEModel.from_pretrained(folder, local_files_only=True).eval()
 
 
+def _load_classifier_encoder(checkpoint: Path):
+    """The encoder of a fine-tuned classifier checkpoint, its config naming the labels that trained it."""
+    from modeling_barcodemae import ENCODER_AUTO_MAP, BarcodeMAEForSequenceClassification
+
+    encoder = BarcodeMAEForSequenceClassification.from_pretrained(checkpoint, local_files_only=True).barcodemae.eval()
+    config = encoder.config
+    config.trained_labels = config.trained_labels or (
+        f"{config.num_labels} labels of a `barcodemae finetune` classifier ({checkpoint.name}); see its run_info.json"
+    )
+    config.auto_map = dict(ENCODER_AUTO_MAP)
+    return encoder
+
+
 def _load_pretraining(checkpoint: Path):
     from modeling_barcodemae import BarcodeMAEForPreTraining
 
@@ -113,6 +126,9 @@ def export_checkpoint(
     source = find_checkpoint(checkpoint)
     if _architectures(source) == ["BarcodeMAEModel"]:
         model = _load_encoder(source)
+        save_encoder = model.save_pretrained
+    elif _architectures(source) == ["BarcodeMAEForSequenceClassification"]:  # a `barcodemae finetune` checkpoint
+        model = _load_classifier_encoder(source)
         save_encoder = model.save_pretrained
     else:
         model = _load_pretraining(source)

@@ -153,3 +153,14 @@ def test_finetune_reports_a_missing_data_file_in_one_line(tmp_path, finetune_inp
     assert cli_main([*argv, "--use_cpu", "true"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("barcodemae finetune: error:") and "absent.tsv" in error
+
+
+def test_export_turns_a_finetune_checkpoint_into_an_encoder_folder(tmp_path, finetune_inputs):
+    from transformers import AutoModel
+
+    data, model = finetune_inputs
+    _finetune(data, model, tmp_path / "run", "--max_steps", "2", "--save_steps", "2", "--readout", "kmer_bag")
+    assert cli_main(["export", str(tmp_path / "run" / "checkpoint-2"), str(tmp_path / "exported")]) == 0
+    encoder = AutoModel.from_pretrained(tmp_path / "exported", trust_remote_code=True)
+    assert type(encoder).__name__ == "BarcodeMAEModel" and encoder.config.readout == "kmer_bag"
+    assert "barcodemae finetune" in (tmp_path / "exported" / "README.md").read_text()

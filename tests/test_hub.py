@@ -15,8 +15,6 @@ import yaml
 from cli_helpers import export_tiny_encoder, files_in, run, tiny_pretraining_model
 from safetensors import safe_open
 
-from modeling_barcodemae import BarcodeMAEForSequenceClassification
-
 RESULTS = {
     "barcodemae-tiny": {
         "species_linear_probe_accuracy": 91.25,
@@ -81,13 +79,15 @@ def test_export_of_an_encoder_folder_keeps_its_weights_and_adds_a_card(tmp_path,
     assert "trust_remote_code=True" in (tmp_path / "out/README.md").read_text()
 
 
-def test_export_refuses_a_classifier_folder(tmp_path, capsys):
-    model, tokenizer = tiny_pretraining_model()
-    classifier = BarcodeMAEForSequenceClassification(model.config)
-    classifier.save_pretrained(tmp_path / "classifier")
-    code, _, err = run(capsys, "export", tmp_path / "classifier", tmp_path / "out")
-    assert code == 2 and "not a BarcodeMAEForPreTraining checkpoint" in err
-    assert files_in(tmp_path) == ["classifier"]
+def test_export_refuses_a_folder_of_another_architecture(tmp_path, capsys):
+    from transformers import BertConfig, BertModel
+
+    BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path / "bert")
+    code, _, err = run(capsys, "export", tmp_path / "bert", tmp_path / "out")
+    assert code == 2 and "not a BarcodeMAEForPreTraining checkpoint" in err and "BertModel" in err
+    assert files_in(tmp_path) == ["bert"]
 
 
 def write_results(folder: Path) -> Path:
