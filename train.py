@@ -80,8 +80,11 @@ class ModelArguments:
 class DataArguments:
     data_file: list[str] = field(metadata={"help": "BIOSCAN-5M-style TSV/CSV or FASTA files (repeatable)."})
     pretrain_splits: list[str] = field(
-        default_factory=lambda: ["pretrain", "train"],
-        metadata={"help": "Values of the `split` column to pretrain on (ignored for files without one)."},
+        default_factory=lambda: ["pretrain", "other_heldout", "train"],
+        metadata={
+            "help": "Values of the `split` column to pretrain on, those present in the data (BIOSCAN-5M's "
+            "`other_heldout` is part of the authors' pretraining set; ignored for files without a split column)."
+        },
     )
     validation_split: str = field(default="val", metadata={"help": "Split for validation masked-token metrics."})
     validation_fraction: float = field(default=0.02, metadata={"help": "Held-out fraction when no such split."})

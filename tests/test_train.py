@@ -126,3 +126,18 @@ def test_auxiliary_genus_loss_trains_on_train_labels_only_and_is_not_exported(tm
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert refused.returncode != 0 and "refused" in refused.stderr
+
+
+def test_pretraining_takes_bioscan_other_heldout_rows_by_default(tmp_path):
+    records = with_splits(simulate_barcodes(n_orders=1, genera_per_family=3, species_per_genus=4, seed=5))
+    for record in records[:7]:
+        record["split"] = "other_heldout"
+    data = write_tsv(records, tmp_path / "bioscan.tsv")
+    out = tmp_path / "run"
+    run_train(["--data_file", str(data), "--output_dir", str(out), "--max_steps", "1", "--embedding_probe", "false"])
+    report = json.loads((out / "data_report.json").read_text())
+    expected = sum(r["split"] in ("pretrain", "other_heldout", "train") for r in records)
+    assert (
+        report["split_values"]["other_heldout"] == 7
+        and report["n_kept"] + report["skipped"].get("duplicate_sequence", 0) == expected
+    )
