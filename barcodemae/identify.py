@@ -33,7 +33,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from barcodemae.data import BarcodeRecord, CleaningReport
-from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records
+from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records, model_fingerprint
 from barcodemae.io import atomic_folder, atomic_text
 from barcodemae.search import CosineIndex
 
@@ -113,6 +113,7 @@ class ReferenceIndex:
     threshold: float
     calibration: dict[str, Any] = field(default_factory=dict)
     reference_file: str = ""
+    model_fingerprint: str = ""  # `barcodemae.embedding.model_fingerprint` of the model that embedded it
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index folder atomically (an existing index folder at ``path`` is replaced)."""
@@ -122,6 +123,7 @@ class ReferenceIndex:
             "format": INDEX_FORMAT,
             "version": 1,
             "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
             "reference_file": self.reference_file,
             "hidden_size": int(self.embeddings.shape[1]),
             "novel_threshold": self.threshold,
@@ -163,6 +165,7 @@ class ReferenceIndex:
             threshold=float(meta["novel_threshold"]),
             calibration=meta.get("calibration", {}),
             reference_file=meta.get("reference_file", ""),
+            model_fingerprint=meta.get("model_fingerprint", ""),
         )
 
 
@@ -196,6 +199,7 @@ def build_index(
         threshold, calibration = calibrate_threshold(embeddings, species)
     index = ReferenceIndex(embeddings, ids, genus, species, str(model_path), float(threshold), calibration)
     index.reference_file = str(reference_path)
+    index.model_fingerprint = model_fingerprint(embedder.model)
     return index, report
 
 
@@ -225,6 +229,11 @@ def identify_file(
         raise ValueError(
             f"the index holds {index.embeddings.shape[1]}-dimensional embeddings but the model gives "
             f"{embedder.hidden_size}; rebuild the index with this model"
+        )
+    if index.model_fingerprint and index.model_fingerprint != model_fingerprint(embedder.model):
+        raise ValueError(
+            f"the index was embedded by a model with other weights or config (fingerprint {index.model_fingerprint}) "
+            f"than {index.model}'s now ({model_fingerprint(embedder.model)}); rebuild the index with this model"
         )
     top_k = min(top_k, len(index.ids))
     search = CosineIndex(index.embeddings)

@@ -98,3 +98,23 @@ def test_calibration_needs_two_species_and_a_repeated_one():
         calibrate_threshold(np.eye(3), ["a", "a", "a"])
     with pytest.raises(ValueError, match="--novel-threshold"):
         calibrate_threshold(np.eye(3), ["a", "b", "c"])
+
+
+def test_index_is_refused_when_its_model_folder_now_holds_other_weights(tmp_path, capsys, split_records):
+    import torch
+    from transformers import AutoModel
+
+    model = export_tiny_encoder(tmp_path / "encoder")
+    reference = write_tsv(split_records["reference"][:8], tmp_path / "reference.tsv")
+    index_dir = tmp_path / "index"
+    code, _, err = run(capsys, "identify", "--reference", reference, "--save-index", index_dir, "--model", model)
+    assert code == 0, err
+    assert len(ReferenceIndex.load(index_dir).model_fingerprint) == 16
+    queries = write_fasta(split_records["known"][:2], tmp_path / "q.fasta")
+    assert run(capsys, "identify", queries, "--index", index_dir, "-o", tmp_path / "ok.tsv")[0] == 0
+    retrained = AutoModel.from_pretrained(model, trust_remote_code=True)
+    with torch.no_grad():
+        retrained.token_embeddings.weight.mul_(1.5)
+    retrained.save_pretrained(model)  # the same folder, re-shipped with new weights
+    code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", tmp_path / "stale.tsv")
+    assert code == 2 and "other weights or config" in err and not (tmp_path / "stale.tsv").exists()
