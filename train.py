@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from barcodemae.data import detect_format, load_barcode_dataset, table_columns
-from barcodemae.training import LABEL_SPLITS, TimeBudgetCallback
+from barcodemae.training import LABEL_SPLITS, IdentificationProbe, TimeBudgetCallback
 from configuration_barcodemae import BarcodeMAEConfig
 from modeling_barcodemae import IGNORE_INDEX, BarcodeMAEForPreTraining
 from tokenization_barcodemae import BarcodeMAETokenizer
@@ -176,26 +176,16 @@ def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int, num_pr
     )
 
 
-class EmbeddingProbe:
+class EmbeddingProbe(IdentificationProbe):
     """Embedding quality during pretraining: genus 1-NN of unseen-species queries against seen references, per
     species (the one to select on: a few species hold much of an unseen partition) and micro, plus representation
     health of the query embeddings (effective rank, mean pairwise cosine)."""
 
-    def __init__(self, references, queries, tokenizer):
-        self.references, self.queries, self.tokenizer = references, queries, tokenizer
-
     def __call__(self, encoder) -> dict[str, float]:
-        from barcodemae.embedding import Embedder
-        from barcodemae.evaluation import effective_rank, identification_score, mean_pairwise_cosine, one_nn_predict
+        from barcodemae.evaluation import effective_rank, mean_pairwise_cosine
 
-        was_training = encoder.training
-        embed = Embedder(encoder, self.tokenizer, batch_size=256, precision="fp32")
-        reference_embeddings = embed(self.references["dna_barcode"])
-        query_embeddings = embed(self.queries["dna_barcode"])
-        encoder.train(was_training)
-        predicted = one_nn_predict(query_embeddings, reference_embeddings, self.references["genus"])
-        species = [s or g for s, g in zip(self.queries["species"], self.queries["genus"])]
-        score = identification_score(predicted, self.queries["genus"], species, resamples=1)
+        reference_embeddings, query_embeddings = self.embeddings(encoder)
+        score = self.score(reference_embeddings, query_embeddings)
         return {
             "genus_1nn_unseen": score.micro,
             "genus_1nn_unseen_per_species": score.per_species,

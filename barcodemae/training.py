@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from barcodemae.embedding import Embedder, default_model_path
-from barcodemae.evaluation import identification_score, load_records, prepare_protocol
+from barcodemae.evaluation import IdentificationScore, identification_score, load_records, prepare_protocol
 from barcodemae.search import nearest_neighbors
 
 logger = logging.getLogger("barcodemae.training")
@@ -132,20 +132,28 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
 
 
 class IdentificationProbe:
-    """Genus 1-NN of unseen-species queries against fixed seen-species references, per species and micro."""
+    """Genus 1-NN of unseen-species queries against fixed seen-species references, per species and micro.
+    ``references`` / ``queries``: columns ``dna_barcode``, ``genus`` (and ``species`` for the queries)."""
 
-    def __init__(self, references: dict[str, list], queries: dict[str, list], tokenizer):
+    def __init__(self, references, queries, tokenizer):
         self.references, self.queries, self.tokenizer = references, queries, tokenizer
 
-    def __call__(self, encoder) -> dict[str, float]:
+    def embeddings(self, encoder) -> tuple[np.ndarray, np.ndarray]:
+        """``(reference, query)`` embeddings, the encoder's train/eval mode left as it was."""
         was_training = encoder.training
-        embed = Embedder(encoder, self.tokenizer, batch_size=128, precision="fp32")
-        reference_embeddings = embed(self.references["dna_barcode"])
-        query_embeddings = embed(self.queries["dna_barcode"])
+        embed = Embedder(encoder, self.tokenizer, batch_size=256, precision="fp32")
+        embeddings = embed(self.references["dna_barcode"]), embed(self.queries["dna_barcode"])
         encoder.train(was_training)
+        return embeddings
+
+    def score(self, reference_embeddings: np.ndarray, query_embeddings: np.ndarray) -> IdentificationScore:
         nearest, _ = nearest_neighbors(query_embeddings, reference_embeddings)
         predicted = np.asarray(self.references["genus"], dtype=object)[nearest[:, 0]]
-        score = identification_score(predicted, self.queries["genus"], self.queries["species"])
+        species = [s or g for s, g in zip(self.queries["species"], self.queries["genus"])]
+        return identification_score(predicted, self.queries["genus"], species, resamples=1)
+
+    def __call__(self, encoder) -> dict[str, float]:
+        score = self.score(*self.embeddings(encoder))
         return {"genus_1nn_per_species": score.per_species, "genus_1nn_micro": score.micro}
 
 
