@@ -161,11 +161,18 @@ class TaxonomyTrainer(Trainer):
     """Trainer with class-balanced training batches, the taxonomy objectives and the identification probe as its
     evaluation (``eval_dataset`` is the probe's query set)."""
 
-    def __init__(self, *args, sampler: ClassBalancedBatchSampler, probe: IdentificationProbe, **kwargs):
-        self.objective = kwargs.pop("objective")
-        self.supcon_temperature = kwargs.pop("supcon_temperature")
+    def __init__(
+        self,
+        *args,
+        sampler: ClassBalancedBatchSampler,
+        probe: IdentificationProbe,
+        objective: str,
+        supcon_temperature: float,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.sampler, self.probe = sampler, probe
+        self.objective, self.supcon_temperature = objective, supcon_temperature
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(
