@@ -64,7 +64,7 @@ def sequences_fingerprint(sequences: Sequence[str]) -> str:
 
 def cached_embeddings(embedder: Embedder, sequences: Sequence[str], cache_dir: str | os.PathLike | None) -> np.ndarray:
     """``embedder(sequences)``, read from / written to ``cache_dir/<model>-<sequences>.npy`` when a cache is given
-    (keyed by the model's weights and config and by the exact sequences, so nothing stale is ever reused)."""
+    (keyed by the model's weights and config and by the exact sequences; clear it when readout code changes)."""
     if cache_dir is None:
         return embedder(sequences, progress=True)
     path = Path(cache_dir) / f"{model_fingerprint(embedder.model)}-{sequences_fingerprint(sequences)}.npy"
@@ -193,13 +193,12 @@ class Embedder:
         if position_ids is not None:
             inputs["position_ids"] = position_ids
         inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
-        is_barcodemae = getattr(self.model.config, "model_type", None) == "barcodemae"
-        if is_barcodemae and self.model.config.readout == "kmer_bag" and position_ids is None:
-            return self.model.kmer_bag(inputs["input_ids"], inputs["attention_mask"]).float().cpu().numpy()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            if getattr(self.model.config, "model_type", None) == "barcodemae":
+                if position_ids is None:  # the model skips its layers where the readout does not need them
+                    return self.model.barcode_embedding(**inputs).float().cpu().numpy()
+                return self.model(**inputs).pooler_output.float().cpu().numpy()
             output = self.model(**inputs)
-        if is_barcodemae:
-            return output.pooler_output.float().cpu().numpy()
         weights = inputs["attention_mask"].unsqueeze(-1).float()
         pooled = (output.last_hidden_state.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return pooled.cpu().numpy()

@@ -330,6 +330,17 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
             pooled = torch.cat([F.normalize(pooled, dim=-1), F.normalize(bag, dim=-1)], dim=-1)
         return pooled
 
+    def barcode_embedding(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``pooler_output`` alone, without running the transformer layers when the readout does not need them
+        (``readout="kmer_bag"``: embedding lookups only)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.config.readout == "kmer_bag":
+            return self.kmer_bag(input_ids, attention_mask)
+        return self(input_ids, attention_mask).pooler_output
+
     def kmer_bag(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(batch, hidden)``: the mean token embedding over every overlapping ACGT k-mer (zeros when none)."""
         ids, mask = overlapping_kmers(input_ids, attention_mask, self.config)
@@ -586,13 +597,12 @@ class BarcodeMAEForSequenceClassification(BarcodeMAEPreTrainedModel):
         return_dict: bool | None = None,
     ) -> BarcodeMAEClassifierOutput | tuple:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
-            if self.config.readout == "kmer_bag" and not output_hidden_states:  # the layers are not needed
-                if attention_mask is None:
-                    attention_mask = torch.ones_like(input_ids)
-                pooled = self.barcodemae.kmer_bag(input_ids, attention_mask)
-                encoded = BaseModelOutputWithPooling(pooler_output=pooled)
+            if output_hidden_states:
+                encoded = self.barcodemae(input_ids, attention_mask, output_hidden_states=True)
             else:
-                encoded = self.barcodemae(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+                encoded = BaseModelOutputWithPooling(
+                    pooler_output=self.barcodemae.barcode_embedding(input_ids, attention_mask)
+                )
         logits = self.classifier(self.dropout(encoded.pooler_output))
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         output = BarcodeMAEClassifierOutput(
