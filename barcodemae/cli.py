@@ -60,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluate = commands.add_parser("evaluate", help="benchmark encoders (and baselines) on a labelled table")
-    evaluate.add_argument("--model", action="append", required=True, help="encoder folder (repeat for several)")
-    evaluate.add_argument("--data", required=True, help="BIOSCAN-style table with split column")
+    evaluate.add_argument(
+        "--model", action="append", help="encoder folder, repeat for several (default: the shipped encoder)"
+    )
+    evaluate.add_argument(
+        "--data", required=True, help="BIOSCAN-5M metadata CSV/TSV (as shipped) or a table with its columns"
+    )
     evaluate.add_argument("--output", required=True, help="output folder for results and plots")
     evaluate.add_argument("--no-plots", action="store_true")
     evaluate.add_argument("--baselines", default="", help="comma-separated: kmer,vsearch,random")
@@ -194,12 +198,13 @@ def _identify(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     try:
+        from barcodemae.embedding import default_model_path
         from barcodemae.evaluation import run_evaluation
     except ImportError as error:
         raise ValueError(f"evaluation is not available: {error}") from error
 
     run_evaluation(
-        models=args.model,
+        models=args.model or [default_model_path()],
         data=args.data,
         output=args.output,
         plots=not args.no_plots,
