@@ -13,6 +13,10 @@ Sequences are truncated to ``model_max_length`` tokens (``max_length // k`` by d
 660 bases with the paper's settings). No ``[CLS]``/``[SEP]`` are added: the barcode embedding is the mean
 of the k-mer token states.
 
+Frames at numpy speed (:meth:`BarcodeMAETokenizer.overlapping_kmer_ids`): the id of the k-mer starting at every
+base of the normalised barcode, by the same rules; the tokens of ``barcode[f:]`` are ``ids[f::k]`` (then truncated),
+so one pass gives all k reading frames (random start offsets in pretraining) without k tokenizer calls.
+
 Vocabulary: ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``, then all ``4**k`` k-mers in lexicographic order
 over ``ACGT`` (``AAAAAA=5, AAAAAC=6, ..., TTTTTT=4100`` for k=6).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import itertools
 import re
 
+import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
@@ -31,12 +36,44 @@ NUCLEOTIDES = "ACGT"
 GAP_CHARACTERS = "-."
 _WHITESPACE_OR_GAP = re.compile(r"[\s\-.]+")
 _TRAILING_N = re.compile(r"N+$")
+_NORMALISED = re.compile(r"[A-TV-Z]*")  # upper case, no U, no whitespace or gap
 
 
 def normalize_barcode(sequence: str) -> str:
     """Return the barcode as the tokenizer sees it: no whitespace or gaps, upper case, U→T, no trailing N."""
+    if _NORMALISED.fullmatch(sequence) and not sequence.endswith("N"):
+        return sequence
     cleaned = _WHITESPACE_OR_GAP.sub("", sequence).upper().replace("U", "T")
     return _TRAILING_N.sub("", cleaned)
+
+
+def _base_codes() -> np.ndarray:
+    """Byte -> 0..3 for ``A C G T``, 4 for every other byte."""
+    codes = np.full(256, 4, dtype=np.uint8)
+    for code, base in enumerate(NUCLEOTIDES.encode()):
+        codes[base] = code
+    return codes
+
+
+_BASE_CODES = _base_codes()
+
+
+def overlapping_kmer_ids(sequences: list[str], k_mer: int, first_kmer_id: int, unk_token_id: int) -> list[np.ndarray]:
+    """Vocabulary id of the k-mer at every start position ``0..len-k`` of each (already normalised) barcode, as
+    int32 views of one buffer: ``[UNK]`` where the k-mer holds a non-ACGT character."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    codes = _BASE_CODES[np.frombuffer("".join(sequences).encode("ascii", "replace"), dtype=np.uint8)]
+    if len(codes) < k_mer:
+        return [np.zeros(0, dtype=np.int32) for _ in sequences]
+    count = len(codes) - k_mer + 1
+    bases = (codes & 3).astype(np.int32)
+    ids = np.full(count, first_kmer_id, dtype=np.int32)
+    for offset in range(k_mer):  # k vectorised passes: ids += base[i + offset] * 4**(k-1-offset)
+        ids += bases[offset : offset + count] << (2 * (k_mer - 1 - offset))
+    invalid = np.concatenate([[0], np.cumsum(codes == 4, dtype=np.int32)])
+    ids[invalid[k_mer:] != invalid[:-k_mer]] = unk_token_id
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return [ids[start : start + max(n - k_mer + 1, 0)] for start, n in zip(starts.tolist(), lengths.tolist())]
 
 
 def kmer_vocabulary(k_mer: int) -> dict[str, int]:
@@ -99,6 +136,12 @@ class BarcodeMAETokenizer(PreTrainedTokenizerFast):
         """Id of the first k-mer; every id at or above it is an ACGT k-mer."""
         return len(SPECIAL_TOKENS)
 
+    def overlapping_kmer_ids(self, sequences: list[str]) -> list[np.ndarray]:
+        """The id of the k-mer at every base of each normalised barcode (not truncated): reading frame ``f``, i.e.
+        ``self(barcode[f:], truncation=True)["input_ids"]``, is ``ids[f::k][:model_max_length]``."""
+        normalised = [normalize_barcode(sequence) for sequence in sequences]
+        return overlapping_kmer_ids(normalised, self.k_mer, self.first_kmer_id, self.unk_token_id)
+
     def decode_barcode(self, token_ids) -> str:
         """Concatenate k-mers back into a sequence; special tokens are skipped, ``[UNK]`` becomes ``N`` * k."""
         if hasattr(token_ids, "tolist"):
@@ -114,4 +157,4 @@ class BarcodeMAETokenizer(PreTrainedTokenizerFast):
 
 BarcodeMAETokenizer.register_for_auto_class("AutoTokenizer")
 
-__all__ = ["BarcodeMAETokenizer", "normalize_barcode", "kmer_vocabulary"]
+__all__ = ["BarcodeMAETokenizer", "normalize_barcode", "kmer_vocabulary", "overlapping_kmer_ids"]

@@ -119,8 +119,8 @@ class PretrainingArguments(TrainingArguments):
 
 @dataclass
 class BarcodeCollator:
-    """Pick one reading frame per barcode (a random start offset during training), then pad (MAE) or pad and
-    mask with `DataCollatorForLanguageModeling` (MLM).
+    """Pick one reading frame per barcode (a random start offset 0..k-1; offset 0 without ``random_offset``) from
+    its ``kmer_ids``, then pad (MAE) or pad and mask with `DataCollatorForLanguageModeling` (MLM).
 
     All randomness of a training step is seeded from the batch itself (``seed`` and the dataset rows it holds):
     the frames and MLM masks here, and the model's MAE masks and dropout through ``batch_seed``, with which
@@ -132,6 +132,7 @@ class BarcodeCollator:
     objective: str
     mask_ratio: float
     seed: int
+    random_offset: bool = True
 
     def __post_init__(self):
         if self.objective == "mlm":
@@ -142,11 +143,11 @@ class BarcodeCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch_seed = hash((self.seed, *(feature["row"] for feature in features))) % 2**63  # ints hash stably
         generator = torch.Generator().manual_seed(batch_seed)
+        k_mer, max_tokens = self.tokenizer.k_mer, self.tokenizer.model_max_length
         chosen = []
         for feature in features:
-            frames = feature["frames"]
-            frame = int(torch.randint(len(frames), (), generator=generator)) if len(frames) > 1 else 0
-            chosen.append({"input_ids": frames[frame]})
+            offset = int(torch.randint(k_mer, (), generator=generator)) if self.random_offset else 0
+            chosen.append({"input_ids": feature["kmer_ids"][offset::k_mer][:max_tokens]})
         torch.manual_seed(batch_seed)
         batch = {**self.inner(chosen), "batch_seed": torch.tensor(batch_seed)}
         if "genus_label" in features[0]:
@@ -154,16 +155,13 @@ class BarcodeCollator:
         return batch
 
 
-def tokenize_frames(dataset, tokenizer: BarcodeMAETokenizer, frames: int, num_proc: int | None = None):
-    """Columns ``frames`` (the token ids of each barcode read from offsets ``0..frames-1``) and ``row`` (its index),
-    computed with ``Dataset.map`` and cached by datasets."""
+def tokenize_kmers(dataset, tokenizer: BarcodeMAETokenizer, num_proc: int | None = None):
+    """Columns ``kmer_ids`` (the id of the k-mer at every base: frame ``f`` is ``kmer_ids[f::k]``, see
+    `BarcodeMAETokenizer.overlapping_kmer_ids`) and ``row`` (the barcode's index), computed in one vectorised pass
+    per batch with ``Dataset.map`` and cached by datasets."""
 
     def encode(batch, rows):
-        per_offset = [
-            tokenizer([s[offset:] for s in batch["dna_barcode"]], truncation=True) for offset in range(frames)
-        ]
-        frames_per_row = [[encoded["input_ids"][i] for encoded in per_offset] for i in range(len(rows))]
-        return {"frames": frames_per_row, "row": rows}
+        return {"kmer_ids": tokenizer.overlapping_kmer_ids(batch["dna_barcode"]), "row": rows}
 
     kept = [name for name in ("genus_label",) if name in dataset.column_names]
     return dataset.map(
@@ -241,7 +239,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Pre
         given = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
     if "report_to" not in given and importlib.util.find_spec("tensorboard") is not None:
         training_args.report_to = ["tensorboard"]
-    training_args.remove_unused_columns = False  # the collator needs the `frames` column
+    training_args.remove_unused_columns = False  # the collator needs the `kmer_ids` column
     training_args.label_names = ["labels"] if model_args.objective == "mlm" else []
     return model_args, data_args, training_args
 
@@ -324,9 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     if model_args.genus_loss_weight:
         train = add_genus_labels(train, data_args, config, model_args.genus_loss_weight)
         logger.info("Auxiliary genus loss: %d genera, weight %g", config.num_genus_labels, config.genus_loss_weight)
-    frames = config.k_mer if data_args.random_offset else 1
-    train_frames = tokenize_frames(train, tokenizer, frames, data_args.preprocessing_num_workers)
-    validation_frames = tokenize_frames(validation, tokenizer, 1)
+    train_kmers = tokenize_kmers(train, tokenizer, data_args.preprocessing_num_workers)
+    validation_kmers = tokenize_kmers(validation, tokenizer)
     probe = EmbeddingProbe(*probe_rows, tokenizer) if probe_rows is not None else None
 
     model = BarcodeMAEForPreTraining(config)
@@ -334,9 +331,11 @@ def main(argv: list[str] | None = None) -> None:
     trainer = PretrainingTrainer(
         model=model,
         args=training_args,
-        data_collator=BarcodeCollator(tokenizer, config.objective, config.mask_ratio, training_args.seed),
-        train_dataset=train_frames,
-        eval_dataset=validation_frames,
+        data_collator=BarcodeCollator(
+            tokenizer, config.objective, config.mask_ratio, training_args.seed, data_args.random_offset
+        ),
+        train_dataset=train_kmers,
+        eval_dataset=validation_kmers,
         processing_class=tokenizer,
         embedding_probe=probe,
         callbacks=[TimeBudgetCallback(training_args.max_train_minutes)] if training_args.max_train_minutes else None,

@@ -1,6 +1,7 @@
 """Tokenizer: normalisation rules, k-mer ids, truncation, padding, decoding, Auto-class round trip."""
 
 import itertools
+import random
 
 import pytest
 from transformers import AutoTokenizer
@@ -97,3 +98,18 @@ def test_save_and_load_through_auto_tokenizer(tmp_path, tokenizer):
     sequences = ["acgtacNNNggatta", "ACGT" * 200]
     assert loaded(sequences, truncation=True)["input_ids"] == tokenizer(sequences, truncation=True)["input_ids"]
     assert loaded.model_max_length == 110 and loaded.k_mer == 6
+
+
+@pytest.mark.parametrize("k_mer", [4, 6])
+def test_overlapping_kmer_ids_give_every_frame_of_the_backend(k_mer):
+    tokenizer = BarcodeMAETokenizer(k_mer=k_mer, model_max_length=20)
+    rng = random.Random(k_mer)
+    messy = "ACGT" * 10 + "acgtNRYU-. \n"
+    sequences = ["".join(rng.choice(messy) for _ in range(rng.randint(0, 130))) for _ in range(200)]
+    sequences += ["", "ACG", "NNNNNN", "ACGTAC"]
+    for sequence, ids in zip(sequences, tokenizer.overlapping_kmer_ids(sequences), strict=True):
+        normalised = normalize_barcode(sequence)
+        assert len(ids) == max(len(normalised) - k_mer + 1, 0)
+        for frame in range(k_mer):
+            expected = tokenizer(normalised[frame:], truncation=True)["input_ids"]
+            assert ids[frame::k_mer][:20].tolist() == expected
