@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from benchmarks import embed, identify, pretrain_step
+from benchmarks import data_path, embed, identify, pretrain_step
 
 COMMON = ["--tiny", "--threads", "1", "--repeats", "1", "--warmup", "1"]
 
@@ -41,6 +41,13 @@ def test_pretrain_step(tmp_path):
     for profile in result["profile"].values():
         assert len(profile["top_ops"]) == 3
         assert set(profile["phases_ms"]) == {"forward", "backward", "optimizer"}
+
+
+def test_data_path(tmp_path):
+    result = run(data_path, tmp_path, "--num-proc", "1")
+    assert result["rows"] == 3000 and result["cleaning"]["n_kept"] == 3000
+    assert all(stage["seconds"] > 0 for stage in result["stages"].values())
+    assert result["kmer_ids_arrow_mb"] > 0 and result["ratio"]["ratio_of_medians"] > 0
 
 
 def test_embed(tmp_path):
