@@ -67,7 +67,11 @@ TAXONOMY_COLUMNS = ("phylum", "class", "order", "family", "subfamily", "genus", 
 METADATA_COLUMNS = (*TAXONOMY_COLUMNS, "dna_bin", "split")
 ID_COLUMN = "processid"
 SEQUENCE_COLUMN = "dna_barcode"
-SPLIT_NAMES = ("pretrain", "train", "val", "test", "val_unseen", "test_unseen")
+# BIOSCAN-5M's partitions (its metadata ``split`` column), which this package's data and simulations also use:
+# pretrain (no species label), train/val/test (seen species), key_unseen/val_unseen/test_unseen (unseen species
+# of seen genera; key_unseen holds the retrieval keys for them), other_heldout (placeholder species of genera
+# without a scientific name; the authors pretrain on pretrain + other_heldout).
+SPLIT_NAMES = ("pretrain", "train", "val", "test", "key_unseen", "val_unseen", "test_unseen", "other_heldout")
 IUPAC_CODES = "ACGTRYSWKMBDHVN"
 
 TABLE_SUFFIXES = {".tsv": "\t", ".txt": "\t", ".csv": ","}
