@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,11 @@ RESULT_KEYS = (
     "n_unseen",
 )
 EmbedFn = Callable[..., np.ndarray]
+Stage = Callable[[str], None]  # told the name of each protocol stage as it starts (progress and timing)
+
+
+def no_stage(name: str) -> None:
+    """The default :data:`Stage` callback: nothing shown, nothing timed."""
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -171,6 +179,15 @@ def identification_score(
     )
 
 
+def accuracy_with_interval(predicted: Sequence, truth: Sequence, seed: int = 0) -> tuple[float, tuple | None]:
+    """Micro accuracy in percent and its bootstrap 95% interval (queries resampled), by
+    :func:`identification_score`; ``(nan, None)`` for no queries."""
+    if len(truth) == 0:
+        return float("nan"), None
+    score = identification_score(predicted, truth, truth, seed=seed)
+    return score.micro, score.micro_interval
+
+
 def paired_difference(
     predicted_a: Sequence,
     predicted_b: Sequence,
@@ -256,8 +273,8 @@ def linear_probe(
     """Species linear probe: standardise (fit on train), softmax regression on train, score on test.
 
     Test rows whose label is absent from train are excluded and counted (``n_test_excluded``). Returns
-    ``accuracy`` and ``macro_f1`` (percent; macro over labels in test or predicted), ``n_train``, ``n_test``,
-    ``n_test_excluded``, ``n_classes``.
+    ``accuracy`` with its bootstrap 95% ``accuracy_interval`` (test rows resampled) and ``macro_f1`` (percent;
+    macro over labels in test or predicted), ``n_train``, ``n_test``, ``n_test_excluded``, ``n_classes``.
     """
     cfg = config or ProbeConfig()
     classes, y_train = np.unique(np.asarray(train_labels).astype(str), return_inverse=True)
@@ -271,14 +288,15 @@ def linear_probe(
         "n_classes": len(classes),
     }
     if keep.sum() == 0:
-        return {**result, "accuracy": float("nan"), "macro_f1": float("nan")}
+        return {**result, "accuracy": float("nan"), "accuracy_interval": None, "macro_f1": float("nan")}
     x_train, x_test = _standardize(train_emb, test_emb)
     with torch.enable_grad():
         layer = _train_softmax_regression(x_train, torch.from_numpy(y_train), len(classes), seed, cfg)
     with torch.inference_mode():
         predicted = torch.cat([layer(chunk).argmax(dim=1) for chunk in x_test.split(8192)]).numpy()
     predictions = classes[predicted]
-    return {**result, "accuracy": accuracy(predictions, test_labels), "macro_f1": macro_f1(predictions, test_labels)}
+    score, interval = accuracy_with_interval(predictions, test_labels, seed=seed)
+    return {**result, "accuracy": score, "accuracy_interval": interval, "macro_f1": macro_f1(predictions, test_labels)}
 
 
 # ------------------------------------------------------------------------------ clustering and health
@@ -289,33 +307,71 @@ def _subsample(n: int, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
 
 
-def clustering_ami(
-    embeddings: np.ndarray, labels: Sequence, seed: int = 0, max_rows: int = 10_000, pca_dims: int = 50
-) -> float:
-    """Zero-shot clustering AMI, BIOSCAN-5M style with the tools installed here.
+ZERO_SHOT_UMAP = {"n_components": 50, "n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
 
-    Rows (at most ``max_rows``, a deterministic subsample) are reduced with PCA to ``pca_dims`` dimensions (UMAP
-    in the benchmark; not installed) and clustered by **KMeans** (k-means++, ``n_init=1``, ``random_state=seed``)
-    with ``n_clusters`` = number of distinct labels in the subsample. Agglomerative clustering was not used: its
-    O(n²) memory does not fit 10k rows comfortably on the shared machine. Returns AMI vs ``labels`` (fraction).
-    """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.exceptions import ConvergenceWarning
 
-    rows = _subsample(len(labels), max_rows, seed)
-    x = np.asarray(embeddings, dtype=np.float32)[rows]
-    y = np.asarray(labels).astype(str)[rows]
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Each dimension standardised to zero mean and unit variance (zero-variance dimensions become 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    std = x.std(axis=0)
+    return np.where(std > 0, (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
+
+
+def umap_reduce(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """UMAP with :data:`ZERO_SHOT_UMAP` (seeded, so single-threaded); on fewer rows than that needs, the
+    components and neighbours are capped at ``n - 2`` and ``n - 1``."""
+    import umap  # numba-compiled: the first fit in a process costs seconds of JIT
+
+    n = len(x)
+    params = {
+        **ZERO_SHOT_UMAP,
+        "n_components": min(ZERO_SHOT_UMAP["n_components"], n - 2),
+        "n_neighbors": min(ZERO_SHOT_UMAP["n_neighbors"], n - 1),
+    }
+    with warnings.catch_warnings():  # duplicated rows (identical barcodes) make UMAP warn; they are legitimate
+        warnings.simplefilter("ignore", category=UserWarning)
+        return umap.UMAP(**params, random_state=seed, n_jobs=1).fit_transform(np.asarray(x, dtype=np.float32))
+
+
+def ward_ami(reduced: np.ndarray, labels: Sequence) -> float:
+    """Agglomerative clustering (Ward linkage, Euclidean) into as many clusters as ``labels`` has distinct values;
+    AMI of the clusters against ``labels`` (fraction). NaN when fewer than 2 labels or one row per label."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    y = np.asarray(labels).astype(str)
     n_clusters = len(np.unique(y))
     if n_clusters < 2 or n_clusters >= len(y):
         return float("nan")
-    n_components = min(pca_dims, x.shape[1], len(x))
-    with warnings.catch_warnings():  # degenerate embeddings (duplicates, constant) are legitimate inputs here
-        warnings.simplefilter("ignore", category=ConvergenceWarning)
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        reduced = PCA(n_components=n_components, random_state=seed).fit_transform(x)
-        clusters = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(reduced)
+    clusters = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit_predict(reduced)
     return adjusted_mutual_info(clusters, y)
+
+
+def zero_shot_clustering(parts: Sequence[np.ndarray], targets: dict[str, Sequence], seed: int = 0) -> dict[str, float]:
+    """Zero-shot clustering AMI as the BIOSCAN-5M paper reports it (Gharaee et al. 2024, arXiv 2406.12723), following
+    the authors' code: github.com/bioscan-ml/BIOSCAN-5M → scottclowe/zs-ssl-clustering, branch ``BIOSCAN-5M``
+    (Lowe et al. 2024, *An Empirical Study into Clustering of Unseen Datasets with Self-Supervised Encoders*).
+
+    1. each partition's embeddings (``parts``, one array per partition: BIOSCAN-5M clusters ``test`` and
+       ``test_unseen``, every record, duplicated barcodes included) z-scored per dimension, separately;
+    2. concatenated and reduced by UMAP to 50 dimensions (30 neighbours, ``min_dist=0``, Euclidean,
+       ``random_state=seed``);
+    3. per target (``targets``: name → one label per row, None where missing), the rows with a label clustered
+       by Ward agglomerative clustering into as many clusters as there are distinct labels;
+    4. AMI against those labels.
+
+    One UMAP fit serves every target (the authors fit one per run, on identical inputs when no label is missing).
+    Ward's memory is O(n²): n(n-1)/2 float64 distances, 2.2 GB for 23,500 rows. Returns target → AMI.
+    """
+    x = np.concatenate([zscore(part) for part in parts])
+    if len(x) < 3:  # UMAP needs three rows; nothing worth clustering
+        return dict.fromkeys(targets, float("nan"))
+    reduced = umap_reduce(x, seed)
+    out = {}
+    for name, labels in targets.items():
+        labels = np.asarray(labels, dtype=object)
+        keep = np.array([label is not None for label in labels], dtype=bool)
+        out[name] = ward_ami(reduced[keep], labels[keep])
+    return out
 
 
 def effective_rank(embeddings: np.ndarray, max_rows: int = 10_000, seed: int = 0) -> float:
@@ -371,7 +427,9 @@ def _label(value: Any) -> str | None:
 
 @dataclass
 class Partition:
-    """One de-duplicated partition; missing labels are None."""
+    """One de-duplicated partition; missing labels are None. ``occurrence`` maps every record of the split (input
+    order, duplicated barcodes included) to its de-duplicated row, and ``record_species`` / ``record_bin`` are each
+    record's own labels: zero-shot clustering uses every record, as BIOSCAN-5M does."""
 
     name: str
     processids: list[str]
@@ -379,6 +437,9 @@ class Partition:
     genus: list[str | None]
     species: list[str | None]
     bin: list[str | None]
+    occurrence: np.ndarray
+    record_species: list[str | None]
+    record_bin: list[str | None]
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -391,12 +452,22 @@ class Partition:
         return np.array([value for value, keep in zip(getattr(self, column), mask) if keep], dtype=object)
 
     def subsample(self, max_rows: int, seed: int) -> Partition:
-        """At most ``max_rows`` rows drawn uniformly without replacement (deterministic; input order kept)."""
+        """At most ``max_rows`` rows drawn uniformly without replacement (deterministic; input order kept), with
+        the records of those rows."""
         if len(self) <= max_rows:
             return self
         rows = np.sort(np.random.default_rng(seed).permutation(len(self))[:max_rows])
+        renumber = np.full(len(self), -1, dtype=np.int64)
+        renumber[rows] = np.arange(len(rows))
+        kept = renumber[self.occurrence] >= 0
         columns = ("processids", "sequences", "genus", "species", "bin")
-        return Partition(self.name, *([getattr(self, c)[i] for i in rows] for c in columns))
+        return Partition(
+            self.name,
+            *([getattr(self, c)[i] for i in rows] for c in columns),
+            occurrence=renumber[self.occurrence][kept],
+            record_species=[s for s, keep in zip(self.record_species, kept) if keep],
+            record_bin=[b for b, keep in zip(self.record_bin, kept) if keep],
+        )
 
 
 @dataclass
@@ -421,15 +492,20 @@ def model_names(paths: Sequence[str | Path]) -> list[str]:
 
 def _partition(records: list[dict], name: str) -> tuple[Partition, int]:
     rows = [r for r in records if r.get("split") == name]
-    keep = first_occurrence_indices([str(r["dna_barcode"]) for r in rows])
+    sequences = [str(r["dna_barcode"]) for r in rows]
+    keep = first_occurrence_indices(sequences)
     kept = [rows[i] for i in keep]
+    row_of = {sequences[i]: row for row, i in enumerate(keep)}
     partition = Partition(
         name=name,
         processids=[str(r.get("processid", "")) for r in kept],
-        sequences=[str(r["dna_barcode"]) for r in kept],
+        sequences=[sequences[i] for i in keep],
         genus=[_label(r.get("genus")) for r in kept],
         species=[_label(r.get("species")) for r in kept],
         bin=[_label(r.get("dna_bin")) for r in kept],
+        occurrence=np.array([row_of[s] for s in sequences], dtype=np.int64),
+        record_species=[_label(r.get("species")) for r in rows],
+        record_bin=[_label(r.get("dna_bin")) for r in rows],
     )
     return partition, len(rows) - len(kept)
 
@@ -457,15 +533,22 @@ def prepare_protocol(
     ``seen_split="val", unseen_split="val_unseen"``. Without any ``split`` value, splits are assigned by
     ``barcodemae.data.assign_bioscan_splits(records, seed=seed)`` (noted in the description). Each partition is
     de-duplicated on the barcode (first occurrence kept). ``counts`` records duplicates removed and rows lacking
-    the labels of each task.
+    the labels of each task. BIOSCAN-5M's files work as they ship: its ``train`` / ``test`` / ``test_unseen`` are
+    the defaults (genus 1-NN of ``test_unseen`` against ``train``, as its DNA benchmark does), and the description
+    names the partitions left unused (``key_unseen``, the retrieval keys of unseen species, is not a reference
+    here; ``pretrain``, ``other_heldout``, ``val``, ``val_unseen``) and any split value BIOSCAN-5M does not define.
     """
     records, assigned = _ensure_splits(list(records), seed)
+    present = Counter(_label(r.get("split")) or "(none)" for r in records)
     train, dup_train = _partition(records, train_split)
     test, dup_test = _partition(records, seen_split)
     unseen, dup_unseen = _partition(records, unseen_split)
     for partition in (train, test, unseen):
         if len(partition) == 0:
-            raise ValueError(f"partition {partition.name!r} is empty: no record has split={partition.name!r}")
+            found = ", ".join(f"{name!r} ({n})" for name, n in sorted(present.items()))
+            raise ValueError(
+                f"partition {partition.name!r} is empty: no record has split={partition.name!r}; split values: {found}"
+            )
     counts = {
         f"{train_split}_duplicates_removed": dup_train,
         f"{seen_split}_duplicates_removed": dup_test,
@@ -479,9 +562,23 @@ def prepare_protocol(
     description = (
         f"reference/probe-train={train_split} ({len(train)}), seen queries={seen_split} ({len(test)}), "
         f"unseen queries={unseen_split} ({len(unseen)}); {origin}; each partition de-duplicated on the cleaned "
-        f"barcode (first occurrence kept); rows lacking a task's label excluded from that task and counted."
+        f"barcode (first occurrence kept); rows lacking a task's label excluded from that task and counted; "
+        f"zero-shot clustering of every record of {seen_split} + {unseen_split} (BIOSCAN-5M: z-score, UMAP to 50 "
+        f"dimensions, Ward).{_unused_splits(present, (train_split, seen_split, unseen_split))}"
     )
     return Protocol(train=train, test=test, unseen=unseen, description=description, counts=counts)
+
+
+def _unused_splits(present: Counter, used: Sequence[str]) -> str:
+    """`` Unused partitions: key_unseen (n), ...`` and `` Split values BIOSCAN-5M does not define: ...``."""
+    from barcodemae.data import SPLIT_NAMES
+
+    unused = [(name, n) for name, n in sorted(present.items()) if name not in used]
+    parts = [
+        (" Unused partitions: ", [(name, n) for name, n in unused if name in SPLIT_NAMES]),
+        (" Split values BIOSCAN-5M does not define: ", [(name, n) for name, n in unused if name not in SPLIT_NAMES]),
+    ]
+    return "".join(f"{title}{', '.join(f'{name} ({n:,})' for name, n in rows)}." for title, rows in parts if rows)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -514,38 +611,58 @@ def _species_tasks(protocol: Protocol, train_emb, test_emb, seed: int, probe: Pr
     ref_labels, query_labels = protocol.train.labels("species", ref), protocol.test.labels("species", query)
     seen = np.isin(query_labels.astype(str), ref_labels.astype(str))
     probe = linear_probe(train_emb[ref], ref_labels, test_emb[query], query_labels, seed=seed, config=probe)
-    species_1nn = one_nn_accuracy(test_emb[query][seen], query_labels[seen], train_emb[ref], ref_labels)
+    nearest = one_nn_predict(test_emb[query][seen], train_emb[ref], ref_labels) if seen.any() else []
+    species_1nn, species_1nn_interval = accuracy_with_interval(nearest, query_labels[seen], seed=seed)
     return {
         "species_linear_probe_accuracy": probe["accuracy"],
+        "species_linear_probe_accuracy_interval": probe["accuracy_interval"],
         "species_linear_probe_macro_f1": probe["macro_f1"],
         "species_1nn_test_accuracy": species_1nn,
+        "species_1nn_test_accuracy_interval": species_1nn_interval,
         "test_species_not_in_train": probe["n_test_excluded"],
     }
 
 
 def _clustering(protocol: Protocol, test_emb: np.ndarray, unseen_emb: np.ndarray, seed: int) -> dict[str, float]:
-    emb = np.concatenate([test_emb, unseen_emb])
-    out = {}
-    for key, column in (("bin_ami", "bin"), ("species_ami", "species")):
-        labels = getattr(protocol.test, column) + getattr(protocol.unseen, column)
-        mask = np.array([value is not None for value in labels], dtype=bool)
-        out[key] = clustering_ami(emb[mask], np.asarray(labels, dtype=object)[mask], seed=seed)
-    return out
+    """:func:`zero_shot_clustering` of every record of the seen and unseen test partitions, vs BIN and species."""
+    parts = (protocol.test, protocol.unseen)
+    records = [emb[part.occurrence] for part, emb in zip(parts, (test_emb, unseen_emb))]
+    targets = {
+        "bin_ami": [label for part in parts for label in part.record_bin],
+        "species_ami": [label for part in parts for label in part.record_species],
+    }
+    return zero_shot_clustering(records, targets, seed=seed)
 
 
-def _evaluate_vectors(protocol: Protocol, train_emb, test_emb, unseen_emb, seed: int, probe) -> dict[str, Any]:
+def _embed_partitions(embed: EmbedFn, protocol: Protocol, stage: Stage) -> list[np.ndarray]:
+    vectors = []
+    for partition in (protocol.train, protocol.test, protocol.unseen):
+        stage(f"embedding {partition.name} ({len(partition):,})")
+        vectors.append(_embed(embed, partition.sequences, partition.name))
+    return vectors
+
+
+def _evaluate_vectors(
+    protocol: Protocol, train_emb, test_emb, unseen_emb, seed: int, probe, stage: Stage = no_stage
+) -> dict[str, Any]:
     """All embedding-based metrics from the three partitions' vectors (rows aligned with the partitions)."""
+    stage("species linear probe and 1-NN")
     species = _species_tasks(protocol, train_emb, test_emb, seed, probe)
+    stage("genus 1-NN")
     genus = _genus_unseen(protocol, train_emb, unseen_emb)
+    stage("zero-shot clustering (UMAP, Ward)")
+    clustering = _clustering(protocol, test_emb, unseen_emb, seed)
     eval_emb = np.concatenate([test_emb, unseen_emb])
     health_rows = _subsample(len(eval_emb), 10_000, seed)
     return {
         "species_linear_probe_accuracy": species["species_linear_probe_accuracy"],
+        "species_linear_probe_accuracy_interval": species["species_linear_probe_accuracy_interval"],
         "species_linear_probe_macro_f1": species["species_linear_probe_macro_f1"],
         **_genus_metrics(genus),
         "species_1nn_test_accuracy": species["species_1nn_test_accuracy"],
+        "species_1nn_test_accuracy_interval": species["species_1nn_test_accuracy_interval"],
         "harmonic_mean": harmonic_mean(species["species_linear_probe_accuracy"], genus.micro),
-        **_clustering(protocol, test_emb, unseen_emb, seed),
+        **clustering,
         "effective_rank": effective_rank(eval_emb[health_rows]),
         "mean_pairwise_cosine": mean_pairwise_cosine(eval_emb[health_rows]),
         "n_train": len(protocol.train),
@@ -564,9 +681,11 @@ def _robustness(
     rates: Iterable[float],
     seed: int,
     max_queries: int | None,
-) -> dict[str, dict[float, float]]:
+    stage: Stage = no_stage,
+) -> tuple[dict[str, dict[float, float]], dict[str, dict[float, tuple | None]]]:
     """Genus 1-NN of (at most ``max_queries``, a fixed random subset of) unseen queries embedded under inference-time
-    masking / token deletion, against clean references; rate 0 is the clean embedding of the same subset."""
+    masking / token deletion, against clean references; rate 0 is the clean embedding of the same subset.
+    Returns the curves ``{kind: {rate: accuracy}}`` and their bootstrap 95% intervals in the same shape."""
     ref, query = protocol.train.has("genus"), protocol.unseen.has("genus")
     rows = np.flatnonzero(query)
     if max_queries is not None and len(rows) > max_queries:
@@ -575,16 +694,21 @@ def _robustness(
     selected[rows] = True
     labels, ref_labels = protocol.unseen.labels("genus", selected), protocol.train.labels("genus", ref)
     sequences = [protocol.unseen.sequences[i] for i in rows]
-    clean = genus_1nn_accuracy(unseen_emb[selected], labels, train_emb[ref], ref_labels)
+
+    def score(emb: np.ndarray) -> tuple[float, tuple | None]:
+        return accuracy_with_interval(one_nn_predict(emb, train_emb[ref], ref_labels), labels, seed=seed)
+
+    clean = score(unseen_emb[selected])
     curves: dict[str, dict[float, float]] = {"masking": {}, "deletion": {}}
+    intervals: dict[str, dict[float, tuple | None]] = {"masking": {}, "deletion": {}}
     for kind, argument in (("masking", "masking_rate"), ("deletion", "deletion_rate")):
         for rate in rates:
-            if rate == 0:
-                curves[kind][float(rate)] = clean
-                continue
-            noisy = _embed(embed, sequences, protocol.unseen.name, **{argument: rate, "seed": seed})
-            curves[kind][float(rate)] = genus_1nn_accuracy(noisy, labels, train_emb[ref], ref_labels)
-    return curves
+            noisy = clean
+            if rate != 0:
+                stage(f"robustness: {kind} {rate:g}")
+                noisy = score(_embed(embed, sequences, protocol.unseen.name, **{argument: rate, "seed": seed}))
+            curves[kind][float(rate)], intervals[kind][float(rate)] = noisy
+    return curves, intervals
 
 
 def evaluate_embedder(
@@ -595,22 +719,23 @@ def evaluate_embedder(
     seed: int = 0,
     probe: ProbeConfig | None = None,
     robustness_queries: int | None = 2000,
+    stage: Stage = no_stage,
 ) -> dict[str, Any]:
     """Full protocol for an embedding function ``embed(sequences, *, masking_rate, deletion_rate, seed)``.
 
-    Returns the keys in :data:`RESULT_KEYS` plus ``counts`` (exclusions), ``protocol`` (description) and, when
-    ``robustness_rates`` is given, ``robustness = {"masking": {rate: acc}, "deletion": {rate: acc}}`` (genus 1-NN
-    on the unseen partition with queries embedded under masking/deletion; references always clean).
+    Returns the keys in :data:`RESULT_KEYS` (accuracies with ``<key>_interval``, bootstrap 95%) plus ``counts``
+    (exclusions), ``protocol`` (description) and, when ``robustness_rates`` is given, ``robustness =
+    {"masking": {rate: acc}, "deletion": {rate: acc}}`` (genus 1-NN on the unseen partition with queries embedded
+    under masking/deletion; references always clean) and ``robustness_interval`` in the same shape.
     ``probe`` overrides the linear probe's :class:`ProbeConfig` (e.g. fewer epochs in a training callback).
     The robustness curves use a fixed random subset of at most ``robustness_queries`` unseen queries (None: all).
+    ``stage`` is told each stage as it starts.
     """
-    train_emb = _embed(embed, protocol.train.sequences, protocol.train.name)
-    test_emb = _embed(embed, protocol.test.sequences, protocol.test.name)
-    unseen_emb = _embed(embed, protocol.unseen.sequences, protocol.unseen.name)
-    result = _evaluate_vectors(protocol, train_emb, test_emb, unseen_emb, seed, probe)
+    train_emb, test_emb, unseen_emb = _embed_partitions(embed, protocol, stage)
+    result = _evaluate_vectors(protocol, train_emb, test_emb, unseen_emb, seed, probe, stage)
     if robustness_rates is not None:
-        result["robustness"] = _robustness(
-            embed, protocol, train_emb, unseen_emb, robustness_rates, seed, robustness_queries
+        result["robustness"], result["robustness_interval"] = _robustness(
+            embed, protocol, train_emb, unseen_emb, robustness_rates, seed, robustness_queries, stage
         )
     return result
 
@@ -621,34 +746,37 @@ def evaluate_features(
     *,
     seed: int = 0,
     probe: ProbeConfig | None = None,
+    stage: Stage = no_stage,
 ) -> dict[str, Any]:
     """The same metrics for a non-neural feature map (e.g. k-mer counts): no robustness curves."""
-    vectors = [_embed(features_fn, p.sequences, p.name) for p in (protocol.train, protocol.test, protocol.unseen)]
-    return _evaluate_vectors(protocol, *vectors, seed, probe)
+    return _evaluate_vectors(protocol, *_embed_partitions(features_fn, protocol, stage), seed, probe, stage)
 
 
 def evaluate_predictor(
-    predict: Callable[[list[str], list[str], list[str]], Sequence], protocol: Protocol
+    predict: Callable[[list[str], list[str], list[str]], Sequence], protocol: Protocol, stage: Stage = no_stage
 ) -> dict[str, Any]:
     """Metrics for a method that predicts labels directly, ``predict(queries, refs, ref_labels) -> labels``
     (e.g. vsearch top hit): genus on unseen and species on test; embedding-only metrics are None."""
+    stage("genus of unseen queries")
     ref, query = protocol.train.has("genus"), protocol.unseen.has("genus")
     refs = [s for s, keep in zip(protocol.train.sequences, ref) if keep]
     queries = [s for s, keep in zip(protocol.unseen.sequences, query) if keep]
     genus_pred = predict(queries, refs, list(protocol.train.labels("genus", ref)))
     species_of = [s or g for s, g, keep in zip(protocol.unseen.species, protocol.unseen.genus, query) if keep]
     genus = identification_score(genus_pred, protocol.unseen.labels("genus", query), species_of)
+    stage("species of seen queries")
     ref, query = protocol.train.has("species"), protocol.test.has("species")
     ref_labels = protocol.train.labels("species", ref)
     seen = query & np.isin(np.asarray(protocol.test.species, dtype=object).astype(str), ref_labels.astype(str))
     refs = [s for s, keep in zip(protocol.train.sequences, ref) if keep]
     queries = [s for s, keep in zip(protocol.test.sequences, seen) if keep]
     species_pred = predict(queries, refs, list(ref_labels))
-    species = accuracy(np.asarray(species_pred, dtype=object).astype(str), protocol.test.labels("species", seen))
+    species, species_interval = accuracy_with_interval(species_pred, protocol.test.labels("species", seen))
     result = dict.fromkeys(RESULT_KEYS)
     result.update(
         **_genus_metrics(genus),
         species_1nn_test_accuracy=species,
+        species_1nn_test_accuracy_interval=species_interval,
         n_train=len(protocol.train),
         n_test=len(protocol.test),
         n_unseen=len(protocol.unseen),
@@ -676,37 +804,43 @@ _COLUMNS = (
 )
 
 
-def _cell(value: Any, digits: int) -> str:
+def _cell(value: Any, digits: int, interval: Sequence[float] | None = None) -> str:
+    """The value ('–' if missing), with its interval as `` [low, high]`` (one decimal) when there is one."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:,}" if digits == 0 else f"{value:.{digits}f}"
+    text = f"{value:,}" if digits == 0 else f"{value:.{digits}f}"
+    return text if interval is None else f"{text} [{interval[0]:.1f}, {interval[1]:.1f}]"
 
 
 def results_to_markdown(results: dict[str, dict[str, Any]]) -> str:
     """One row per model/baseline; metrics that do not apply show '–'; a row ``{"skipped": reason}`` shows the
-    reason. A second table lists robustness curves (genus 1-NN unseen vs rate) for rows that have them."""
+    reason. Accuracies show their bootstrap 95% interval in brackets. A second table lists robustness curves
+    (genus 1-NN unseen vs rate, with intervals) for rows that have them."""
     header = "| model | " + " | ".join(title for _, title, _ in _COLUMNS) + " |"
     lines = [header, "|---|" + "---:|" * len(_COLUMNS)]
     for name, row in results.items():
         if "skipped" in row:
             lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * (len(_COLUMNS) - 1))
             continue
-        lines.append(f"| {name} | " + " | ".join(_cell(row.get(key), d) for key, _, d in _COLUMNS) + " |")
-    curves = {name: row["robustness"] for name, row in results.items() if row.get("robustness")}
-    if curves:
-        lines += ["", _robustness_table(curves)]
+        cells = (_cell(row.get(key), d, row.get(f"{key}_interval")) for key, _, d in _COLUMNS)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows = {name: row for name, row in results.items() if row.get("robustness")}
+    if rows:
+        lines += ["", _robustness_table(rows)]
     return "\n".join(lines) + "\n"
 
 
-def _robustness_table(curves: dict[str, dict[str, dict[float, float]]]) -> str:
-    rates = sorted({rate for curve in curves.values() for kind in curve.values() for rate in kind})
+def _robustness_table(rows: dict[str, dict[str, Any]]) -> str:
+    rates = sorted({rate for row in rows.values() for kind in row["robustness"].values() for rate in kind}, key=float)
     lines = [
-        "| model | perturbation | " + " | ".join(f"{rate:g}" for rate in rates) + " |",
+        "| model | perturbation | " + " | ".join(f"{float(rate):g}" for rate in rates) + " |",
         "|---|---|" + "---:|" * len(rates),
     ]
-    for name, curve in curves.items():
-        for kind, values in curve.items():
-            lines.append(f"| {name} | {kind} | " + " | ".join(_cell(values.get(r), 2) for r in rates) + " |")
+    for name, row in rows.items():
+        for kind, values in row["robustness"].items():
+            intervals = row.get("robustness_interval", {}).get(kind, {})
+            cells = (_cell(values.get(r), 2, intervals.get(r)) for r in rates)
+            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -733,30 +867,128 @@ def load_records(data: str | Path) -> tuple[list[dict], dict[str, Any]]:
     return records, {"n_records": report.n_records, "n_kept": report.n_kept, "skipped": dict(report.skipped)}
 
 
-def _baseline_rows(
-    names: Sequence[str], protocol: Protocol, first_model: str, rates, seed: int, robustness_queries: int | None
-) -> dict[str, dict]:
-    from barcodemae.baselines import ToolNotFound, kmer_count_features, vsearch_genus_1nn
+class Progress:
+    """A bar on stderr over the rows of the results table (ETA from the rows done), its postfix naming the running
+    stage; ``seconds`` holds each row's seconds per stage and in total, and a line reports each finished row."""
 
-    rows: dict[str, dict] = {}
-    if "random" in names:
-        from barcodemae.embedding import Embedder, load_encoder
+    def __init__(self, rows: int, enabled: bool = True) -> None:
+        from tqdm.auto import tqdm
 
-        model, tokenizer = load_encoder(first_model)
-        torch.manual_seed(seed)
-        random_model = type(model)(model.config).to(model.device).eval()
-        rows["random init"] = evaluate_embedder(
-            Embedder(random_model, tokenizer), protocol, robustness_rates=rates, robustness_queries=robustness_queries
+        self.bar = tqdm(total=rows, desc="evaluate", unit="row", disable=not enabled, dynamic_ncols=True)
+        self.seconds: dict[str, dict[str, float]] = {}
+        self._row, self._stage = "", ""
+        self._since = self._row_start = time.perf_counter()
+
+    def start(self, row: str) -> Stage:
+        """Begin a row; returns the :data:`Stage` callback that times its stages."""
+        self._row, self._stage, self.seconds[row] = row, "", {}
+        self._since = self._row_start = time.perf_counter()
+        return self._enter
+
+    def _enter(self, stage: str) -> None:
+        self._lap()
+        self._stage = stage
+        self.bar.set_postfix_str(f"{self._row}: {stage}")
+
+    def _lap(self) -> None:
+        now = time.perf_counter()
+        if self._stage:
+            self.seconds[self._row][self._stage] = round(now - self._since, 2)
+        self._since = now
+
+    def finish(self) -> None:
+        self._lap()
+        self._stage = ""
+        total = self.seconds[self._row]["total"] = round(time.perf_counter() - self._row_start, 1)
+        self.bar.update(1)
+        if not self.bar.disable:
+            self.bar.write(f"{self._row}: {format_seconds(total)}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def format_seconds(seconds: float) -> str:
+    """``42.0 s``, ``3 min 05 s`` or ``1 h 02 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+@dataclass
+class _Job:
+    """What every row of a run shares."""
+
+    protocol: Protocol
+    seed: int
+    rates: Sequence[float] | None
+    robustness_queries: int | None
+    tsne_sequences: list[str]
+    tsne_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def encoder(self, name: str, embedder, stage: Stage) -> dict[str, Any]:
+        embed = partial(embedder, progress=True)
+        row = evaluate_embedder(
+            embed,
+            self.protocol,
+            robustness_rates=self.rates,
+            seed=self.seed,
+            robustness_queries=self.robustness_queries,
+            stage=stage,
         )
-    if "kmer" in names:
-        for k in KMER_SIZES:
-            rows[f"k-mer {k} counts"] = evaluate_features(lambda s, k=k: kmer_count_features(s, k), protocol, seed=seed)
-    if "vsearch" in names:
+        if self.tsne_sequences:
+            stage("t-SNE embeddings")
+            self.tsne_inputs[name] = embedder(self.tsne_sequences)
+        return row
+
+
+def _row_jobs(models: Sequence[str], baselines: Sequence[str], job: _Job) -> list[tuple[str, Callable[[Stage], dict]]]:
+    """(row name, function of a :data:`Stage` callback returning the row) for each model, then each baseline."""
+    from barcodemae.baselines import ToolNotFound, kmer_count_features, vsearch_genus_1nn
+    from barcodemae.embedding import Embedder, load_encoder
+
+    def model_row(path: str, name: str, stage: Stage) -> dict:
+        stage("loading the model")
+        return job.encoder(name, Embedder.from_pretrained(path), stage)
+
+    def random_row(stage: Stage) -> dict:
+        stage("loading the model")
+        model, tokenizer = load_encoder(models[0])
+        torch.manual_seed(job.seed)
+        random_model = type(model)(model.config).to(model.device).eval()
+        return job.encoder("random init", Embedder(random_model, tokenizer), stage)
+
+    def kmer_row(k: int, stage: Stage) -> dict:
+        return evaluate_features(lambda s: kmer_count_features(s, k), job.protocol, seed=job.seed, stage=stage)
+
+    def vsearch_row(stage: Stage) -> dict:
         try:
-            rows["vsearch top hit"] = evaluate_predictor(vsearch_genus_1nn, protocol)
+            return evaluate_predictor(vsearch_genus_1nn, job.protocol, stage=stage)
         except ToolNotFound as error:
-            rows["vsearch top hit"] = {"skipped": str(error)}
+            return {"skipped": str(error)}
+
+    rows = [(name, partial(model_row, path, name)) for path, name in zip(models, model_names(models))]
+    if "random" in baselines:
+        rows.append(("random init", random_row))
+    if "kmer" in baselines:
+        rows += [(f"k-mer {k} counts", partial(kmer_row, k)) for k in KMER_SIZES]
+    if "vsearch" in baselines:
+        rows.append(("vsearch top hit", vsearch_row))
     return rows
+
+
+def _budget_protocol(protocol: Protocol, max_seen_rows: int | None, max_unseen_rows: int | None, seed: int) -> None:
+    """Subsample the partitions in place for a compute budget (noted in the description); None keeps all."""
+    if max_seen_rows is not None:
+        protocol.train = protocol.train.subsample(max_seen_rows, seed)
+        protocol.test = protocol.test.subsample(max_seen_rows, seed)
+        protocol.description += (
+            f" Seen partitions subsampled to at most {max_seen_rows} de-duplicated rows each (seed {seed})."
+        )
+    if max_unseen_rows is not None:
+        protocol.unseen = protocol.unseen.subsample(max_unseen_rows, seed)
+        protocol.description += f" Unseen queries subsampled to at most {max_unseen_rows} (seed {seed})."
 
 
 def run_evaluation(
@@ -773,53 +1005,49 @@ def run_evaluation(
     max_seen_rows: int | None = None,
     max_unseen_rows: int | None = None,
     robustness_queries: int | None = 2000,
+    progress: bool = True,
 ) -> dict[str, dict]:
     """Evaluate encoder folders (and baselines: ``random`` init of the first model, ``kmer`` 4/5/6, ``vsearch``)
-    on a labelled table; writes ``results.json``, ``results.md`` and, with ``plots``, ``robustness.png`` and
-    ``tsne.png`` (under-represented genera of the unseen partition) into ``output``. ``max_seen_rows`` caps the
-    reference (train) and seen-test partitions for a compute budget, ``max_unseen_rows`` the unseen queries.
-    Returns the results."""
-    from barcodemae.embedding import Embedder
+    on a labelled table; writes ``results.json`` (with the seconds each row and stage took), ``results.md`` and,
+    with ``plots``, ``robustness.png`` and ``tsne.png`` (under-represented genera of the unseen partition) into
+    ``output``. By default every partition is used whole; ``max_seen_rows`` caps the reference (train) and
+    seen-test partitions for a compute budget, ``max_unseen_rows`` the unseen queries. ``progress``: a bar with
+    ETA on stderr. Returns the results."""
     from barcodemae.plots import plot_robustness, plot_tsne, underrepresented_genera
 
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    start = time.perf_counter()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     records, cleaning = load_records(data)
     protocol = prepare_protocol(records, seen_split=seen_split, unseen_split=unseen_split, seed=seed)
-    if max_seen_rows is not None:  # a CPU budget: fewer references / probe rows
-        protocol.train = protocol.train.subsample(max_seen_rows, seed)
-        protocol.test = protocol.test.subsample(max_seen_rows, seed)
-        protocol.description += (
-            f" Seen partitions subsampled to at most {max_seen_rows} de-duplicated rows each (seed {seed})."
-        )
-    if max_unseen_rows is not None:
-        protocol.unseen = protocol.unseen.subsample(max_unseen_rows, seed)
-        protocol.description += f" Unseen queries subsampled to at most {max_unseen_rows} (seed {seed})."
+    _budget_protocol(protocol, max_seen_rows, max_unseen_rows, seed)
     genera = set(underrepresented_genera(protocol.unseen.genus, seed=seed))
     tsne_rows = [i for i, g in enumerate(protocol.unseen.genus) if g in genera]
-    tsne_seqs = [protocol.unseen.sequences[i] for i in tsne_rows]
-    tsne_labels = [protocol.unseen.genus[i] for i in tsne_rows]
+    job = _Job(protocol, seed, robustness_rates, robustness_queries, [protocol.unseen.sequences[i] for i in tsne_rows])
+    jobs = _row_jobs(models, baselines, job)
+    bar = Progress(len(jobs), enabled=progress)
     results: dict[str, dict] = {}
-    tsne_inputs: dict[str, tuple[np.ndarray, list]] = {}
-    for path, name in zip(models, model_names(models)):
-        embedder = Embedder.from_pretrained(path)
-        results[name] = evaluate_embedder(
-            embedder, protocol, robustness_rates=robustness_rates, seed=seed, robustness_queries=robustness_queries
-        )
-        if tsne_seqs:
-            tsne_inputs[name] = (embedder(tsne_seqs), tsne_labels)
-    results.update(_baseline_rows(baselines, protocol, models[0], robustness_rates, seed, robustness_queries))
-    summary = {"protocol": protocol.description, "counts": protocol.counts, "cleaning": cleaning, "results": results}
+    for name, row in jobs:
+        results[name] = row(bar.start(name))
+        bar.finish()
+    bar.close()
+    seconds = {"total": round(time.perf_counter() - start, 1), "rows": bar.seconds}
+    summary = {"protocol": protocol.description, "counts": protocol.counts, "cleaning": cleaning}
+    summary.update(seconds=seconds, results=results)
     _write_atomic(output / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
-    text = f"# Evaluation of {data}\n\nProtocol: {protocol.description}\n\n{results_to_markdown(results)}"
-    _write_atomic(output / "results.md", text)
+    device = "a CUDA GPU" if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    took = f"{format_seconds(seconds['total'])} ({device})"
+    text = f"# Evaluation of {data}\n\nProtocol: {protocol.description}\n\nTime: {took}.\n\n"
+    _write_atomic(output / "results.md", text + results_to_markdown(results))
     if plots:
         curves = {name: row["robustness"] for name, row in results.items() if row.get("robustness")}
         if curves:
             plot_robustness(curves, output / "robustness.png")
-        if tsne_inputs:
-            plot_tsne(tsne_inputs, output / "tsne.png", n_genera=len(genera), seed=seed)
+        if job.tsne_inputs:
+            tsne_labels = [protocol.unseen.genus[i] for i in tsne_rows]
+            by_model = {name: (emb, tsne_labels) for name, emb in job.tsne_inputs.items()}
+            plot_tsne(by_model, output / "tsne.png", n_genera=len(genera), seed=seed)
     return results

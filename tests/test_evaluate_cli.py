@@ -8,23 +8,33 @@ from barcodemae.cli import main
 from barcodemae.simulate import simulate_barcodes, with_splits, write_tsv
 
 
-def test_evaluate_writes_results_table_and_plots(tmp_path):
+def test_evaluate_writes_results_table_and_plots(tmp_path, monkeypatch, capsys):
+    """No --model: the default encoder ($BARCODEMAE_MODEL here); every partition whole, intervals, the time."""
     records = with_splits(simulate_barcodes(n_orders=1, genera_per_family=4, species_per_genus=4, seed=2))
     data = write_tsv(records, tmp_path / "sim.tsv")
-    model = export_tiny_encoder(tmp_path / "tiny-encoder")
+    monkeypatch.setenv("BARCODEMAE_MODEL", str(export_tiny_encoder(tmp_path / "tiny-encoder")))
     out = tmp_path / "eval"
-    code = main(["evaluate", "--model", str(model), "--data", str(data), "--output", str(out), "--baselines", "kmer"])
+    code = main(["evaluate", "--data", str(data), "--output", str(out), "--baselines", "kmer"])
     assert code == 0
     summary = json.loads((out / "results.json").read_text())
     row = summary["results"]["tiny-encoder"]
-    for key in ("species_linear_probe_accuracy", "species_linear_probe_macro_f1", "genus_1nn_unseen_accuracy"):
-        assert 0 <= row[key] <= 100
+    for key in ("species_linear_probe_accuracy", "genus_1nn_unseen_accuracy", "species_1nn_test_accuracy"):
+        low, high = row[f"{key}_interval"]
+        assert 0 <= low <= row[key] <= high <= 100
+    assert 0 <= row["species_linear_probe_macro_f1"] <= 100
     assert row["harmonic_mean"] <= max(row["species_linear_probe_accuracy"], row["genus_1nn_unseen_accuracy"])
     assert -1 <= row["bin_ami"] <= 1 and -1 <= row["species_ami"] <= 1
-    assert set(row["robustness"]) == {"masking", "deletion"}
+    assert set(row["robustness"]) == set(row["robustness_interval"]) == {"masking", "deletion"}
     assert {"k-mer 4 counts", "k-mer 5 counts", "k-mer 6 counts"} <= set(summary["results"])
+    unique_train = len({r["dna_barcode"] for r in records if r["split"] == "train"})
+    assert row["n_train"] == unique_train  # no subsampling by default
+    assert set(summary["seconds"]["rows"]) == set(summary["results"]) and summary["seconds"]["total"] > 0
+    assert "zero-shot clustering (UMAP, Ward)" in summary["seconds"]["rows"]["tiny-encoder"]
     table = (out / "results.md").read_text()
-    assert "tiny-encoder" in table and "genus" in table.lower()
+    assert "tiny-encoder" in table and "Time: " in table
+    lo, hi = row["genus_1nn_unseen_accuracy_interval"]
+    assert f"{row['genus_1nn_unseen_accuracy']:.2f} [{lo:.1f}, {hi:.1f}]" in table
+    assert "tiny-encoder:" in capsys.readouterr().err  # a line per finished row beside the bar
     assert (out / "robustness.png").stat().st_size > 0 and (out / "tsne.png").stat().st_size > 0
 
 

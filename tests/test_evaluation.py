@@ -63,14 +63,35 @@ def test_effective_rank_and_mean_cosine():
     assert ev.mean_pairwise_cosine(np.ones((5, 3))) == pytest.approx(1.0)
 
 
-def test_clustering_ami_perfect_clusters():
+def test_zscore_per_dimension():
+    x = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 0.0]])
+    z = ev.zscore(x)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z[:, 0], [-(1.5**0.5), 0.0, 1.5**0.5])
+    assert (z[:, 1] == 0).all()  # a constant dimension carries nothing
+
+
+def test_zero_shot_clustering_separates_clusters_and_skips_missing_labels():
     rng = np.random.default_rng(0)
-    labels = np.repeat(["a", "b", "c", "d"], 10)
+    species = np.repeat(["a", "b", "c", "d"], 10)
     centres = {"a": [10, 0, 0], "b": [0, 10, 0], "c": [0, 0, 10], "d": [-10, -10, -10]}
-    emb = np.array([centres[label] for label in labels]) + rng.normal(scale=0.1, size=(40, 3))
-    assert ev.clustering_ami(emb, labels) == pytest.approx(1.0)
-    sub = ev.clustering_ami(emb, labels, max_rows=20)
-    assert sub == pytest.approx(1.0)
+    emb = np.array([centres[label] for label in species]) + rng.normal(scale=0.1, size=(40, 3))
+    bins = [None if i % 10 == 0 else f"BOLD:{s}" for i, s in enumerate(species)]
+    # two partitions, z-scored separately: the second is shifted and scaled, which z-scoring undoes
+    parts = [emb[:20], 3 * emb[20:] + 100]
+    result = ev.zero_shot_clustering(parts, {"species": list(species), "bin": bins, "one": ["x"] * 40})
+    assert result["species"] == pytest.approx(1.0) and result["bin"] == pytest.approx(1.0)
+    assert math.isnan(result["one"])  # a single label cannot be scored
+    noise = ev.zero_shot_clustering([rng.normal(size=(40, 3))], {"species": list(species)})
+    assert noise["species"] < 0.5
+    assert ev.ZERO_SHOT_UMAP == {"n_components": 50, "n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
+
+
+def test_accuracy_with_interval_resamples_queries():
+    score, (low, high) = ev.accuracy_with_interval(list("aaab"), list("aaaa"))
+    assert score == 75.0 and low <= 75.0 <= high and (low, high) != (75.0, 75.0)
+    assert ev.accuracy_with_interval(list("ab"), list("ab")) == (100.0, (100.0, 100.0))
+    assert ev.accuracy_with_interval([], []) == (pytest.approx(float("nan"), nan_ok=True), None)
 
 
 # ------------------------------------------------------------------------------------ nearest neighbours
@@ -115,6 +136,7 @@ def test_linear_probe_separable_and_exclusions():
     x_test = np.concatenate([centres[np.arange(12) % 4] + rng.normal(size=(12, 6)), rng.normal(size=(2, 6))])
     result = ev.linear_probe(x_train, y_train, x_test, y_test)
     assert result["accuracy"] == 100.0 and result["macro_f1"] == 100.0
+    assert result["accuracy_interval"] == (100.0, 100.0)
     assert (result["n_test"], result["n_test_excluded"], result["n_classes"]) == (12, 2, 4)
 
 
@@ -154,8 +176,74 @@ def test_protocol_respects_split_column_dedup_and_missing_labels():
     assert protocol.counts["train_duplicates_removed"] == 1
     assert protocol.counts["train_without_genus"] == 1 and protocol.counts["val_unseen_without_genus"] == 1
     assert protocol.unseen.bin == ["B2", None]
-    with pytest.raises(ValueError, match="is empty"):
+    assert protocol.train.occurrence.tolist() == [0, 0, 1]  # every record, duplicates included, for clustering
+    assert protocol.train.record_species == ["G a", "G a", None]
+    assert "Unused partitions: test (0)" not in protocol.description
+    with pytest.raises(ValueError, match=r"is empty.*split values: 'train' \(3\), 'val' \(1\)"):
         ev.prepare_protocol(rows)
+
+
+def test_subsample_keeps_the_records_of_the_kept_rows():
+    rows = [
+        {"processid": f"p{i}", "dna_barcode": seq, "genus": "G", "species": f"G {seq}", "split": "train"}
+        for i, seq in enumerate(["AAAA", "CCCC", "AAAA", "GGGG", "CCCC", "TTTT"])
+    ]
+    partition, _ = ev._partition(rows, "train")
+    assert partition.occurrence.tolist() == [0, 1, 0, 2, 1, 3]
+    small = partition.subsample(2, seed=0)
+    assert len(small) == 2
+    kept = [small.sequences[i] for i in small.occurrence]
+    assert kept == [seq for seq in (r["dna_barcode"] for r in rows) if seq in small.sequences]
+    assert small.record_species == [f"G {seq}" for seq in kept]
+
+
+BIOSCAN_5M_HEADER = (
+    "processid,sampleid,taxon,phylum,class,order,family,subfamily,genus,species,dna_bin,dna_barcode,country,"
+    "province_state,coord-lat,coord-lon,image_measurement_value,area_fraction,scale_factor,inferred_ranks,split,"
+    "index_bioscan_1M_insect,chunk"
+)
+BIOSCAN_5M_ROWS = [  # processid, genus, species, dna_bin, barcode, split
+    ("P01", "", "", "", "ACGTACGTAAGGCC", "pretrain"),
+    ("P02", "Aedes", "Aedes vexans", "BOLD:AAA0001", "AACCGGTTAACCGG", "train"),
+    ("P03", "Aedes", "Aedes cinereus", "BOLD:AAA0002", "AACCGGTTTTCCGG", "train"),
+    ("P04", "Culex", "Culex pipiens", "BOLD:AAA0003", "TTGGCCAATTGGCC", "train"),
+    ("P05", "Aedes", "Aedes vexans", "BOLD:AAA0001", "AACCGGTTAACCGA", "test"),
+    ("P06", "Culex", "Culex pipiens", "BOLD:AAA0003", "TTGGCCAATTGGCA", "val"),
+    ("P07", "Aedes", "Aedes sp. 1", "BOLD:AAA0004", "AACCTTTTAACCGG", "key_unseen"),
+    ("P08", "Aedes", "Aedes sp. 1", "BOLD:AAA0004", "AACCTTTTAACCGT", "test_unseen"),
+    ("P09", "Culex", "Culex sp. 2", "BOLD:AAA0005", "TTGGCCAAAAGGCC", "test_unseen"),
+    ("P10", "Culex", "Culex sp. 3", "BOLD:AAA0006", "TTGGCCAAAAGGTT", "val_unseen"),
+    ("P11", "Gen1", "Gen1 sp. 4", "BOLD:AAA0007", "GGGGCCAAAAGGCC", "other_heldout"),
+]
+
+
+def _bioscan_5m_csv(path, rows=BIOSCAN_5M_ROWS):
+    """BIOSCAN-5M's metadata CSV as it ships (all 23 columns; a quoted field holding the delimiter)."""
+    lines = [BIOSCAN_5M_HEADER]
+    for i, (pid, genus, species, bin_uri, barcode, split) in enumerate(rows):
+        taxonomy = f"Arthropoda,Insecta,Diptera,Culicidae,Culicinae,{genus},{species}"
+        lines.append(
+            f'{pid},S{i},{species or "Diptera"},{taxonomy},{bin_uri},{barcode},Canada,"Ontario, ON",43.5,-80.2,'
+            f"12000,0.4,1.2,0,{split},{i},part1"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bioscan_5m_metadata_csv_is_recognised_without_flags(tmp_path):
+    records, _ = ev.load_records(_bioscan_5m_csv(tmp_path / "BIOSCAN_5M_Insect_Dataset_metadata.csv"))
+    protocol = ev.prepare_protocol(records)
+    assert protocol.train.processids == ["P02", "P03", "P04"]  # key_unseen is not a reference for genus 1-NN
+    assert protocol.test.processids == ["P05"] and protocol.unseen.processids == ["P08", "P09"]
+    assert protocol.unseen.genus == ["Aedes", "Culex"] and protocol.unseen.bin == ["BOLD:AAA0004", "BOLD:AAA0005"]
+    assert (
+        "Unused partitions: key_unseen (1), other_heldout (1), pretrain (1), val (1), val_unseen (1)."
+        in protocol.description
+    )
+    assert "does not define" not in protocol.description
+    renamed = [(*row[:5], "unseen" if row[5] == "key_unseen" else row[5]) for row in BIOSCAN_5M_ROWS]
+    records, _ = ev.load_records(_bioscan_5m_csv(tmp_path / "renamed.csv", renamed))
+    assert "Split values BIOSCAN-5M does not define: unseen (1)." in ev.prepare_protocol(records).description
 
 
 # -------------------------------------------------------------------------------------------- end to end
@@ -181,7 +269,9 @@ def test_perfect_genus_embedding_scores_100(protocol):
     result = ev.evaluate_embedder(embed, protocol, robustness_rates=(0.0, 0.5), probe=QUICK_PROBE)
     assert set(ev.RESULT_KEYS) <= set(result)
     assert result["genus_1nn_unseen_accuracy"] == 100.0
+    assert result["genus_1nn_unseen_accuracy_interval"] == (100.0, 100.0)
     assert result["robustness"] == {"masking": {0.0: 100.0, 0.5: 100.0}, "deletion": {0.0: 100.0, 0.5: 100.0}}
+    assert result["robustness_interval"]["deletion"] == {0.0: (100.0, 100.0), 0.5: (100.0, 100.0)}
     assert (0.5, 0.0) in calls and (0.0, 0.5) in calls and len(calls) == 5
     assert result["n_unseen"] == len(protocol.unseen)
 
@@ -191,9 +281,22 @@ def test_perfect_species_embedding_scores_100_probe(protocol):
     result = ev.evaluate_embedder(embed, protocol, robustness_rates=None, probe=QUICK_PROBE)
     assert result["species_linear_probe_accuracy"] == 100.0
     assert result["species_1nn_test_accuracy"] == 100.0
-    assert result["species_ami"] == pytest.approx(1.0)
-    assert result["bin_ami"] == pytest.approx(1.0)  # one BIN per simulated species
+    assert result["species_linear_probe_accuracy_interval"] == result["species_1nn_test_accuracy_interval"]
+    assert -1 <= result["species_ami"] <= 1 and -1 <= result["bin_ami"] <= 1  # UMAP scores singletons poorly
     assert "robustness" not in result
+
+
+def test_clustering_uses_every_record_of_both_test_partitions(protocol, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(ev, "zero_shot_clustering", lambda parts, targets, seed: seen.update(parts=parts, **targets))
+    test_emb = np.arange(len(protocol.test), dtype=np.float32)[:, None]
+    unseen_emb = -np.arange(len(protocol.unseen), dtype=np.float32)[:, None]
+    ev._clustering(protocol, test_emb, unseen_emb, seed=0)
+    test_part, unseen_part = seen["parts"]
+    assert test_part[:, 0].tolist() == protocol.test.occurrence.tolist()
+    assert unseen_part[:, 0].tolist() == (-protocol.unseen.occurrence).tolist()
+    assert seen["species_ami"] == protocol.test.record_species + protocol.unseen.record_species
+    assert seen["bin_ami"] == protocol.test.record_bin + protocol.unseen.record_bin
 
 
 def test_constant_embedding_scores_chance(protocol):
@@ -224,7 +327,10 @@ def test_kmer_features_and_predictor_rows(protocol):
     )
     lines = table.splitlines()
     assert lines[0].startswith("| model |") and len(lines) == 5
-    assert "| oracle | – | – | 100.00 |" in table and "skipped: vsearch not installed" in table
+    assert "| oracle | – | – | 100.00 [100.0, 100.0] |" in table and "skipped: vsearch not installed" in table
+    low, high = kmer["species_linear_probe_accuracy_interval"]
+    assert low <= kmer["species_linear_probe_accuracy"] <= high
+    assert f"{kmer['species_linear_probe_accuracy']:.2f} [{low:.1f}, {high:.1f}]" in table
 
 
 def test_markdown_robustness_table():
@@ -232,6 +338,23 @@ def test_markdown_robustness_table():
     row["robustness"] = {"masking": {0.0: 50.0, 0.1: 40.0}, "deletion": {0.0: 50.0, 0.1: 30.0}}
     table = ev.results_to_markdown({"m": row})
     assert "| m | masking | 50.00 | 40.00 |" in table and "| m | deletion | 50.00 | 30.00 |" in table
+    row["robustness_interval"] = {"masking": {0.0: (45.0, 55.0), 0.1: (35.0, 45.0)}}
+    assert "| m | masking | 50.00 [45.0, 55.0] | 40.00 [35.0, 45.0] |" in ev.results_to_markdown({"m": row})
+
+
+def test_progress_times_each_stage_of_each_row():
+    progress = ev.Progress(rows=2, enabled=False)
+    for name in ("a", "b"):
+        stage = progress.start(name)
+        stage("one")
+        stage("two")
+        progress.finish()
+    progress.close()
+    assert set(progress.seconds) == {"a", "b"}
+    assert set(progress.seconds["a"]) == {"one", "two", "total"}
+    assert all(seconds >= 0 for seconds in progress.seconds["b"].values())
+    assert ev.format_seconds(42.04) == "42.0 s" and ev.format_seconds(185) == "3 min 05 s"
+    assert ev.format_seconds(3720) == "1 h 02 min"
 
 
 # ------------------------------------------------------------------------------------------------ plots
