@@ -1,12 +1,29 @@
-"""Nearest-neighbour search over embeddings: exact cosine k-NN in bounded memory. Used by `barcodemae identify`
-(the reference index), by the evaluation protocols and by the fine-tuning probe."""
+"""Nearest-neighbour search over embeddings by cosine similarity. Used by `barcodemae identify` (the reference
+index), by the evaluation protocols and by the fine-tuning probe.
+
+One interface, :class:`Searcher` (``len(s)``, ``s.search(queries, k) -> (indices, similarities)``), two kinds:
+
+* :class:`CosineIndex`: exact, in bounded memory (torch matmul over reference chunks);
+* :class:`AnnIndex`: approximate, a faiss inverted-file index over the unit vectors (``pip install 'barcodemae[ann]'``).
+
+:func:`build_searcher` picks one by ``method``: ``"exact"``, ``"ann"`` or ``"auto"`` (approximate from
+:data:`ANN_MIN_REFERENCES` references on). The library and the threshold were chosen by measurement
+(``benchmarks/search.py``, benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only faiss's
+IVF index kept recall@1 >= 0.99 of exact search on the real embeddings (whose species form tight clusters that
+HNSW graphs miss) at 3-8x the speed of exact search.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+from typing import Protocol
 
 import numpy as np
 import torch
+
+SEARCH_METHODS = ("exact", "ann", "auto")
+ANN_MIN_REFERENCES = 100_000
 
 
 def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -18,6 +35,12 @@ def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit norm; all-zero rows stay zero (cosine 0 to everything)."""
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def l2_normalize_array(x: np.ndarray) -> np.ndarray:
+    """:func:`l2_normalize` for numpy: contiguous float32 rows of unit norm (all-zero rows stay zero)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class CosineIndex:
@@ -68,6 +91,105 @@ class CosineIndex:
         return best_idx, best_sim
 
 
+class Searcher(Protocol):
+    """What `identify` and the evaluation protocols need of a nearest-neighbour index."""
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "approximate search needs faiss: pip install 'barcodemae[ann]' (or faiss-cpu), or use --search exact"
+        ) from error
+    return faiss
+
+
+class AnnIndex:
+    """Approximate cosine k-NN: a faiss inverted-file index (``IndexIVFFlat``, inner product) over the
+    L2-normalised references.
+
+    The references are split into ``lists`` clusters (k-means, default ``4·√R``, trained on at most 64 references a
+    cluster); a query is compared with the references of its ``probes`` nearest clusters (default
+    ``max(32, lists/25)``, about 4% of the references: recall@1 >= 0.99 of exact search on the real `train`
+    embeddings and simulated ones, benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed
+    clusters hold fewer than ``k`` references is searched again over all clusters, so ``k`` neighbours always come
+    back. Ties between equal vectors fall either way.
+    """
+
+    def __init__(self, index) -> None:
+        self.index = index
+
+    @classmethod
+    def build(cls, references: np.ndarray, lists: int | None = None, probes: int | None = None) -> AnnIndex:
+        faiss = _faiss()
+        refs = l2_normalize_array(references)
+        if refs.ndim != 2 or refs.shape[0] == 0:
+            raise ValueError(f"references must be a non-empty (R, D) array, got shape {refs.shape}")
+        lists = min(lists or round(4 * math.sqrt(len(refs))), len(refs))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(refs.shape[1]), refs.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter, index.cp.seed, index.cp.max_points_per_centroid = 10, 0, 64
+        index.train(refs)
+        index.add(refs)
+        index.nprobe = min(lists, probes or max(32, lists // 25))
+        return cls(index)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AnnIndex:
+        return cls(_faiss().read_index(str(path)))
+
+    def save(self, path: str | os.PathLike) -> None:
+        _faiss().write_index(self.index, str(path))
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of (about) the k most similar references."""
+        q = l2_normalize_array(queries.numpy() if isinstance(queries, torch.Tensor) else queries)
+        if q.ndim != 2 or q.shape[1] != self.index.d:
+            raise ValueError(f"queries must be (Q, {self.index.d}), got shape {q.shape}")
+        k = min(k, len(self))
+        similarities, indices = self.index.search(q, k)
+        short = np.flatnonzero((indices < 0).any(axis=1))
+        if len(short):
+            probes, self.index.nprobe = self.index.nprobe, self.index.nlist
+            try:
+                similarities[short], indices[short] = self.index.search(q[short], k)
+            finally:
+                self.index.nprobe = probes
+        return indices.astype(np.int64), similarities.astype(np.float32)
+
+
+def resolve_method(method: str, n_references: int) -> str:
+    """``"exact"`` or ``"ann"`` for ``method`` (one of :data:`SEARCH_METHODS`) and a reference set's size."""
+    if method not in SEARCH_METHODS:
+        raise ValueError(f"search method must be one of {', '.join(SEARCH_METHODS)}, not {method!r}")
+    if method == "auto":
+        return "ann" if n_references >= ANN_MIN_REFERENCES else "exact"
+    return method
+
+
+def build_searcher(references: np.ndarray, method: str = "exact") -> CosineIndex | AnnIndex:
+    """An exact or approximate index over ``references`` (see :func:`resolve_method`)."""
+    if resolve_method(method, len(references)) == "ann":
+        return AnnIndex.build(references)
+    return CosineIndex(references)
+
+
+def set_threads(threads: int) -> None:
+    """Threads for approximate search (faiss's OpenMP pool; exact search follows ``torch.set_num_threads``)."""
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(threads)
+
+
 def nearest_neighbors(
     queries: np.ndarray | torch.Tensor,
     references: np.ndarray | torch.Tensor,
@@ -76,3 +198,36 @@ def nearest_neighbors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k-NN: ``(indices (Q,k), similarities (Q,k))``; see :class:`CosineIndex` for memory and ties."""
     return CosineIndex(references).search(queries, k=k, chunk_size=chunk_size)
+
+
+# ------------------------------------------------------------------------------------------- alignment re-ranking
+def _edlib():
+    try:
+        import edlib
+    except ImportError as error:
+        raise ImportError("--rerank align needs edlib: pip install 'barcodemae[align]' (or edlib)") from error
+    return edlib
+
+
+def alignment_identity(a: str, b: str) -> float:
+    """``1 - edit distance / length`` of the shorter sequence aligned inside the longer (edlib ``HW`` mode: the
+    longer one's overhanging ends are free, as barcodes start and stop at slightly different places); 0 for an
+    empty sequence. Chosen over parasail's semi-global alignment: 17x faster, as accurate (benchmarks/RESULTS.md)."""
+    query, target = (a, b) if len(a) <= len(b) else (b, a)
+    if not query:
+        return 0.0
+    distance = _edlib().align(query, target, mode="HW", task="distance")["editDistance"]
+    return 1.0 - distance / len(query)
+
+
+def rerank_by_alignment(
+    queries: list[str], references: list[str], indices: np.ndarray, similarities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's candidates re-ordered by alignment identity to the query (cosine similarity breaks ties):
+    ``(indices, cosine similarities, identities)``, all (Q, k)."""
+    identity = np.array(
+        [[alignment_identity(q, references[j]) for j in row] for q, row in zip(queries, indices)], dtype=np.float32
+    ).reshape(indices.shape)
+    order = np.lexsort((-similarities, -identity), axis=1)
+    take = np.take_along_axis
+    return take(indices, order, 1), take(similarities, order, 1), take(identity, order, 1)

@@ -1,0 +1,180 @@
+"""Approximate nearest-neighbour libraries for the reference index, against exact cosine search (the baseline).
+
+Data: ``--references`` simulated barcodes (`barcodemae.simulate`, 658 bp, 0-3 bases lost at each end; a tree of
+genera with 10 species of 20 specimens) embedded by the shipped identification model (``kmer_bag`` readout, 256
+dimensions); the queries are ``--queries`` held-out specimens: a new specimen of a reference species or a specimen of
+a species absent from the reference (its last species of every genus), half each.
+
+Cases: exact (`barcodemae.search.CosineIndex`, torch matmul), faiss ``IndexHNSWFlat`` and ``IndexIVFFlat`` (inner
+product on unit vectors), hnswlib (``space="ip"``) and usearch (``metric="ip"``, float32), each with
+``M=32, ef_construction=128``, searched at several ``ef`` (``nprobe`` for IVF). Measured: build seconds, peak extra
+memory of the build (RSS rise, see benchmarks/common.py), queries/s (all queries in one call, ``--threads``
+threads, medians of interleaved rounds) and recall@1 against exact search, where an approximate top-1 counts as
+right when it is the exact top-1 or as similar (within 1e-5: exact duplicates of a barcode tie).
+
+Run: ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --references 200000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from barcodemae.embedding import DEFAULT_MODEL, Embedder
+from barcodemae.search import CosineIndex, l2_normalize_array
+from barcodemae.simulate import simulate_barcodes
+from benchmarks.common import base_parser, format_table, machine_info, peak_memory_mb, report, setup, time_interleaved
+
+M, EF_CONSTRUCTION = 32, 128
+
+
+def simulated_split(references: int, queries: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """``(reference records, query records)`` as described in the module docstring."""
+    species, specimens = 10, 21
+    genera = max(1, -(-references // (species * specimens - specimens)))
+    records = simulate_barcodes(1, 1, genera, species, specimens, length=658, seed=seed, end_variation=3)
+    novel = {r["species"] for r in records[species * specimens - 1 :: species * specimens]}
+    held_out = [i for i, r in enumerate(records) if r["species"] in novel or i % specimens == specimens - 1]
+    held = set(held_out)
+    reference = [r for i, r in enumerate(records) if i not in held][:references]
+    rng = np.random.default_rng(seed)
+    known = [i for i in held_out if records[i]["species"] not in novel]
+    unseen = [i for i in held_out if records[i]["species"] in novel]
+    chosen = [
+        *rng.choice(known, queries // 2, replace=False),
+        *rng.choice(unseen, queries - queries // 2, replace=False),
+    ]
+    return reference, [records[i] for i in sorted(chosen)]
+
+
+def recall_at_1(found: np.ndarray, found_sims: np.ndarray, exact: np.ndarray, exact_sims: np.ndarray) -> float:
+    """Share of queries whose top-1 is the exact top-1 or ties with it (cosine within 1e-5)."""
+    right = (found[:, 0] == exact[:, 0]) | (found_sims[:, 0] >= exact_sims[:, 0] - 1e-5)
+    return float(np.mean(right))
+
+
+def builders(threads: int) -> dict[str, Callable[[np.ndarray], Any]]:
+    """Index builders by library (those installed)."""
+    out: dict[str, Callable[[np.ndarray], Any]] = {}
+    if importlib.util.find_spec("faiss"):
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+
+        def faiss_hnsw(x: np.ndarray):
+            index = faiss.IndexHNSWFlat(x.shape[1], M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = EF_CONSTRUCTION
+            index.add(x)
+            return index
+
+        def faiss_ivf(x: np.ndarray):
+            lists = int(4 * np.sqrt(len(x)))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+            index.train(x)
+            index.add(x)
+            return index
+
+        out["faiss HNSWFlat"], out["faiss IVFFlat"] = faiss_hnsw, faiss_ivf
+    if importlib.util.find_spec("hnswlib"):
+        import hnswlib
+
+        def hnsw(x: np.ndarray):
+            index = hnswlib.Index(space="ip", dim=x.shape[1])
+            index.init_index(max_elements=len(x), M=M, ef_construction=EF_CONSTRUCTION, random_seed=0)
+            index.add_items(x, num_threads=threads)
+            return index
+
+        out["hnswlib"] = hnsw
+    if importlib.util.find_spec("usearch"):
+        from usearch.index import Index
+
+        def usearch(x: np.ndarray):
+            index = Index(ndim=x.shape[1], metric="ip", dtype="f32", connectivity=M, expansion_add=EF_CONSTRUCTION)
+            index.add(np.arange(len(x)), x, threads=threads)
+            return index
+
+        out["usearch"] = usearch
+    return out
+
+
+def searcher(name: str, index: Any, ef: int, k: int, threads: int) -> Callable[[np.ndarray], tuple]:
+    """A function ``queries -> (indices, similarities)`` for one library at search effort ``ef`` (set per call:
+    the cases share one index)."""
+
+    def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if name == "faiss HNSWFlat":
+            index.hnsw.efSearch = ef
+            return index.search(q, k)[::-1]
+        if name == "faiss IVFFlat":
+            index.nprobe = ef
+            return index.search(q, k)[::-1]
+        if name == "hnswlib":
+            index.set_ef(ef)
+            labels, distances = index.knn_query(q, k=k, num_threads=threads)
+            return labels.astype(np.int64), 1 - distances
+        index.expansion_search = ef
+        matches = index.search(q, k, threads=threads)
+        return matches.keys.astype(np.int64), 1 - matches.distances
+
+    return search
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = base_parser(__doc__.split("\n")[0], "search")
+    parser.add_argument("--references", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128], help="HNSW ef / IVF nprobe")
+    parser.set_defaults(repeats=3)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = setup(args)
+    machine = machine_info(device)
+    n_refs, n_queries = (2000, 50) if args.tiny else (args.references, args.queries)
+    reference, queries = simulated_split(n_refs, n_queries)
+    embedder = Embedder.from_pretrained(DEFAULT_MODEL, "cpu")
+    refs = l2_normalize_array(embedder([r["dna_barcode"] for r in reference]))
+    query = l2_normalize_array(embedder([r["dna_barcode"] for r in queries]))
+    exact = CosineIndex(refs)
+    exact_idx, exact_sims = exact.search(query, k=1)
+    cases: dict[str, Callable[[], object]] = {"exact (CosineIndex)": lambda: exact.search(query, k=1)}
+    rows: dict[str, dict[str, Any]] = {"exact (CosineIndex)": {"library": "exact", "recall@1": 1.0}}
+    for name, build in builders(args.threads).items():
+        built: list = []
+        start = time.perf_counter()
+        memory = peak_memory_mb(lambda build=build, built=built: built.append(build(refs)), device)
+        seconds = time.perf_counter() - start
+        for ef in args.ef:
+            search = searcher(name, built[0], ef, 1, args.threads)
+            found, sims = search(query)
+            case = f"{name} ef={ef}" if "IVF" not in name else f"{name} nprobe={ef}"
+            cases[case] = lambda search=search: search(query)
+            rows[case] = {
+                "library": name,
+                "build_s": seconds,
+                "build_peak_mb": memory,
+                "recall@1": recall_at_1(found, sims, exact_idx, exact_sims),
+            }
+    times = time_interleaved(cases, args.repeats, args.warmup, device)
+    baseline = np.median(times["exact (CosineIndex)"])
+    for case, values in times.items():
+        rows[case].update(queries_per_s=len(query) / np.median(values), speed_vs_exact=baseline / np.median(values))
+    payload = {
+        "data": {"references": len(refs), "queries": len(query), "dimensions": refs.shape[1]},
+        "hnsw": {"M": M, "ef_construction": EF_CONSTRUCTION},
+        "cases": rows,
+    }
+    columns = ["case", "build_s", "build_peak_mb", "queries_per_s", "speed_vs_exact", "recall@1"]
+    table = format_table([{"case": case, **row} for case, row in rows.items()], columns)
+    return report(args, machine, payload, {f"search, {len(refs)} references, {len(query)} queries": table})
+
+
+if __name__ == "__main__":
+    main()

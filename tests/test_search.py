@@ -1,0 +1,90 @@
+"""`barcodemae.search`: exact and approximate cosine k-NN behind one interface, alignment re-ranking."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from barcodemae.search import (
+    ANN_MIN_REFERENCES,
+    AnnIndex,
+    CosineIndex,
+    alignment_identity,
+    build_searcher,
+    rerank_by_alignment,
+    resolve_method,
+)
+
+
+def clustered(n_clusters: int, per_cluster: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """Tight clusters (like the specimens of species), float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim))
+    return (np.repeat(centres, per_cluster, axis=0) + 0.1 * rng.normal(size=(n_clusters * per_cluster, dim))).astype(
+        np.float32
+    )
+
+
+def test_ann_finds_the_exact_nearest_neighbour_of_clustered_queries():
+    refs = clustered(100, 20)
+    queries = clustered(100, 20, seed=1)[::7] * 3.0  # other points of the same clusters, not unit length
+    exact_idx, exact_sim = CosineIndex(refs).search(queries, k=5)
+    ann_idx, ann_sim = AnnIndex.build(refs).search(queries, k=5)
+    assert ann_idx.shape == (len(queries), 5) and ann_idx.dtype == np.int64 and ann_sim.dtype == np.float32
+    assert np.mean(ann_idx[:, 0] == exact_idx[:, 0]) >= 0.99
+    np.testing.assert_allclose(ann_sim[:, 0], exact_sim[:, 0], atol=1e-5)
+    assert (np.diff(ann_sim, axis=1) <= 1e-6).all()  # sorted by similarity
+
+
+def test_ann_always_returns_k_neighbours_and_survives_a_round_trip(tmp_path):
+    refs = clustered(50, 4)
+    index = AnnIndex.build(refs, lists=50, probes=1)  # one probed cluster holds ~4 references: fewer than k
+    indices, _ = index.search(refs[:10], k=12)
+    assert (indices >= 0).all() and all(len(set(row)) == 12 for row in indices)
+    index.save(tmp_path / "ann.faiss")
+    again = AnnIndex.load(tmp_path / "ann.faiss")
+    assert len(again) == len(refs)
+    np.testing.assert_array_equal(again.search(refs[:10], k=3)[0], index.search(refs[:10], k=3)[0])
+    with pytest.raises(ValueError, match=r"queries must be \(Q, 32\)"):
+        index.search(refs[:2, :8])
+
+
+def test_search_method_choice():
+    assert resolve_method("auto", ANN_MIN_REFERENCES - 1) == "exact"
+    assert resolve_method("auto", ANN_MIN_REFERENCES) == "ann"
+    assert resolve_method("exact", 10**7) == "exact" and resolve_method("ann", 3) == "ann"
+    with pytest.raises(ValueError, match="exact, ann, auto"):
+        resolve_method("hnsw", 10)
+    refs = clustered(5, 4)
+    assert isinstance(build_searcher(refs, "auto"), CosineIndex)
+    assert isinstance(build_searcher(refs, "ann"), AnnIndex)
+
+
+def test_missing_optional_libraries_say_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    monkeypatch.setitem(sys.modules, "edlib", None)
+    with pytest.raises(ImportError, match=r"barcodemae\[ann\]"):
+        AnnIndex.build(clustered(5, 4))
+    with pytest.raises(ImportError, match=r"barcodemae\[align\]"):
+        alignment_identity("ACGT", "ACGT")
+
+
+def test_alignment_identity_frees_overhanging_ends_only():
+    barcode = "ACGTTGCAAGTCCATGGATC"
+    assert alignment_identity(barcode, "TT" + barcode + "G") == 1.0  # shorter inside the longer: ends free
+    assert alignment_identity(barcode[:10] + "A" + barcode[11:], barcode) == pytest.approx(19 / 20)
+    assert alignment_identity(barcode[:10] + barcode[11:], barcode) == pytest.approx(1 - 1 / 19)  # an inner gap
+    assert alignment_identity("", barcode) == 0.0
+
+
+def test_rerank_orders_candidates_by_identity_then_cosine():
+    query = "ACGTTGCAAGTCCATGGATC"
+    references = ["TTTTTTTTTTTTTTTTTTTT", query[:-1] + "A", query, query]
+    indices = np.array([[0, 1, 2, 3]])
+    cosine = np.array([[0.9, 0.8, 0.6, 0.7]], dtype=np.float32)
+    order, similarities, identity = rerank_by_alignment([query], references, indices, cosine)
+    assert order.tolist() == [[3, 2, 1, 0]]  # equal identity: the higher cosine first
+    np.testing.assert_allclose(similarities, [[0.7, 0.6, 0.8, 0.9]])
+    np.testing.assert_allclose(identity[0, :3], [1.0, 1.0, 0.95])
