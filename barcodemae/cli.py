@@ -52,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument("--save-index", help="write the reference index folder (embeddings, ids, taxonomy)")
     identify.add_argument("--top-k", type=int, default=5, help="neighbours listed per query (default: 5)")
     identify.add_argument("--novel-threshold", type=float, help="similarity below which a query is a novel species")
+    identify.add_argument(
+        "--search",
+        choices=("exact", "ann", "auto"),
+        help="cosine search: exact, approximate (faiss, pip install 'barcodemae[ann]') or auto (approximate from "
+        "100,000 references); default: auto, or what a loaded --index was saved with",
+    )
+    identify.add_argument(
+        "--rerank",
+        choices=("none", "align"),
+        default="none",
+        help="align: re-rank the --candidates nearest references by alignment identity (edlib, "
+        "pip install 'barcodemae[align]'); adds alignment_identity columns",
+    )
+    identify.add_argument("--candidates", type=int, default=10, help="neighbours re-ranked by --rerank (default: 10)")
     _add_model_options(identify, "the index's model, else the shipped encoder")
     identify.set_defaults(handler=_identify)
 
@@ -119,7 +133,10 @@ def _embedder(args: argparse.Namespace, model_path: str):
     from barcodemae.embedding import Embedder, load_encoder
 
     if args.threads:
+        from barcodemae.search import set_threads
+
         torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     if (args.batch_size is not None and args.batch_size < 1) or args.chunk_size < 1:
         raise ValueError("--batch-size and --chunk-size must be at least 1")
     model, tokenizer = load_encoder(model_path, args.device)
@@ -141,8 +158,15 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _identify(args: argparse.Namespace) -> None:
+    try:
+        _run_identify(args)
+    except ImportError as error:  # an optional library (faiss, edlib) is missing: one error line, how to install it
+        raise ValueError(str(error)) from error
+
+
+def _run_identify(args: argparse.Namespace) -> None:
     from barcodemae.embedding import check_input, default_model_path
-    from barcodemae.identify import ReferenceIndex, build_index, identify_file, print_report
+    from barcodemae.identify import ReferenceIndex, check_model, identify_file, print_report
     from barcodemae.io import check_output_path
 
     if args.query is None and not args.save_index:
@@ -154,7 +178,7 @@ def _identify(args: argparse.Namespace) -> None:
         check_output_path(args.output, (".tsv", ".txt"))
     if args.index and args.save_index:
         raise ValueError("--save-index needs --reference (an --index is already saved)")
-    index = ReferenceIndex.load(args.index) if args.index else None
+    index = ReferenceIndex.load(args.index, with_sequences=args.rerank == "align") if args.index else None
     if index is not None and args.model and Path(args.model).resolve() != Path(index.model).resolve():
         raise ValueError(f"{args.index} was built with the model {index.model}, not {args.model}")
     model_path = args.model or (index.model if index is not None else default_model_path())
@@ -164,23 +188,17 @@ def _identify(args: argparse.Namespace) -> None:
         ReferenceIndex.check_target(args.save_index)
     embedder = _embedder(args, model_path)
     if index is None:
-        index, report = build_index(
-            args.reference,
-            embedder,
-            str(Path(model_path).resolve()),
-            threshold=args.novel_threshold,
-            strict=args.strict,
-            chunk_size=args.chunk_size,
-            progress=not args.quiet,
-        )
-        print_report(f"reference {args.reference}", report, sys.stderr)
-        if args.save_index:
-            index.save(args.save_index)
-            print(f"wrote the reference index ({len(index.ids)} barcodes) to {args.save_index}", file=sys.stderr)
-    elif args.novel_threshold is not None:
-        index.threshold, index.calibration = args.novel_threshold, {"rule": "given"}
+        index = _build_reference(args, embedder, model_path)
+    else:
+        check_model(index, embedder)
+        if args.search:
+            index.use_search(args.search)
+        if args.novel_threshold is not None:
+            index.set_threshold(args.novel_threshold)
     how = index.calibration.get("rule", "given")
-    print(f"novel-species threshold: {index.threshold:.6f} ({how})", file=sys.stderr)
+    print(f"novel-species threshold: {index.threshold:.6f} ({how}); search: {index.search}", file=sys.stderr)
+    if "warning" in index.calibration:
+        print(f"barcodemae: warning: {index.calibration['warning']}", file=sys.stderr)
     if args.query is not None:
         report = identify_file(
             args.query,
@@ -188,12 +206,34 @@ def _identify(args: argparse.Namespace) -> None:
             index,
             embedder,
             top_k=args.top_k,
+            rerank=args.rerank,
+            candidates=args.candidates,
             strict=args.strict,
             chunk_size=args.chunk_size,
             progress=not args.quiet,
         )
         print_report(f"query {args.query}", report, sys.stderr)
         print(f"wrote {report.n_kept} predictions to {args.output}", file=sys.stderr)
+
+
+def _build_reference(args: argparse.Namespace, embedder, model_path: str):
+    from barcodemae.identify import build_index, print_report
+
+    index, report = build_index(
+        args.reference,
+        embedder,
+        str(Path(model_path).resolve()),
+        threshold=args.novel_threshold,
+        search=args.search or "auto",
+        strict=args.strict,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    print_report(f"reference {args.reference}", report, sys.stderr)
+    if args.save_index:
+        index.save(args.save_index)
+        print(f"wrote the reference index ({len(index.ids)} barcodes) to {args.save_index}", file=sys.stderr)
+    return index
 
 
 def _evaluate(args: argparse.Namespace) -> None:

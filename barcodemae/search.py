@@ -113,8 +113,8 @@ class AnnIndex:
     """Approximate cosine k-NN: a faiss inverted-file index (``IndexIVFFlat``, inner product) over the
     L2-normalised references.
 
-    The references are split into ``lists`` clusters (k-means, default ``4·√R``, trained on at most 64 references a
-    cluster); a query is compared with the references of its ``probes`` nearest clusters (default
+    The references are split into ``lists`` clusters (k-means, default ``4·√R``, at most ``R/39``, trained on at
+    most 64 references a cluster); a query is compared with the references of its ``probes`` nearest clusters (default
     ``max(32, lists/25)``, about 4% of the references: recall@1 >= 0.99 of exact search on the real `train`
     embeddings and simulated ones, benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed
     clusters hold fewer than ``k`` references is searched again over all clusters, so ``k`` neighbours always come
@@ -130,7 +130,7 @@ class AnnIndex:
         refs = l2_normalize_array(references)
         if refs.ndim != 2 or refs.shape[0] == 0:
             raise ValueError(f"references must be a non-empty (R, D) array, got shape {refs.shape}")
-        lists = min(lists or round(4 * math.sqrt(len(refs))), len(refs))
+        lists = min(lists or max(1, min(round(4 * math.sqrt(len(refs))), len(refs) // 39)), len(refs))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(refs.shape[1]), refs.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.niter, index.cp.seed, index.cp.max_points_per_centroid = 10, 0, 64
         index.train(refs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from cli_helpers import export_tiny_encoder, files_in, run
 
-from barcodemae.identify import ReferenceIndex, calibrate_threshold, read_predictions
+from barcodemae.identify import INDEX_ANN, INDEX_SEQUENCES, ReferenceIndex, calibrate_threshold, read_predictions
 from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
 
 
@@ -39,14 +39,20 @@ def test_identify_ranks_own_species_and_flags_novel(tmp_path, capsys, tiny_encod
     assert code == 0, err
     assert "novel-species threshold" in err and "leave-one-out" in err
     rows = read_predictions(out)
-    assert list(rows[0])[:5] == ["query_id", "predicted_genus", "predicted_species", "similarity", "novel_species"]
-    assert list(rows[0])[-4:] == ["neighbor_3_id", "neighbor_3_species", "neighbor_3_genus", "neighbor_3_similarity"]
+    assert list(rows[0])[:5] == [
+        "query_id",
+        "predicted_genus",
+        "predicted_species",
+        "cosine_similarity",
+        "novel_species",
+    ]
+    assert list(rows[0])[-4:] == [f"neighbor_3_{c}" for c in ("id", "species", "genus", "cosine_similarity")]
     by_id = {row["query_id"]: row for row in rows}
     assert [row["query_id"] for row in rows] == [r["processid"] for r in split_records["queries"]]
 
     copy = by_id["COPY"]  # an exact copy of a reference barcode: that reference first, similarity 1
     assert copy["neighbor_1_id"] == split_records["reference"][3]["processid"]
-    assert float(copy["similarity"]) > 0.9999 and copy["novel_species"] == "false"
+    assert float(copy["cosine_similarity"]) > 0.9999 and copy["novel_species"] == "false"
     for record in split_records["known"]:  # a new specimen of a reference species
         row = by_id[record["processid"]]
         assert (row["predicted_species"], row["predicted_genus"]) == (record["species"], record["genus"])
@@ -118,3 +124,84 @@ def test_index_is_refused_when_its_model_folder_now_holds_other_weights(tmp_path
     retrained.save_pretrained(model)  # the same folder, re-shipped with new weights
     code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", tmp_path / "stale.tsv")
     assert code == 2 and "other weights or config" in err and not (tmp_path / "stale.tsv").exists()
+
+
+def test_approximate_search_is_saved_and_agrees_with_exact(tmp_path, capsys, tiny_encoder, split_records):
+    reference = write_tsv(split_records["reference"], tmp_path / "reference.tsv")
+    queries = write_fasta(split_records["queries"], tmp_path / "queries.fasta")
+    common = ["--model", tiny_encoder, "--quiet", "--top-k", 2]
+    code, _, err = run(capsys, "identify", queries, "--reference", reference, "-o", tmp_path / "exact.tsv", *common)
+    assert code == 0 and "search: exact" in err  # auto: a small reference is searched exactly
+    args = ["identify", queries, "--reference", reference, "-o", tmp_path / "ann.tsv", "--search", "ann"]
+    code, _, err = run(capsys, *args, "--save-index", tmp_path / "index", *common)
+    assert code == 0 and "search: ann" in err, err
+    assert (tmp_path / "index" / INDEX_ANN).is_file() and ReferenceIndex.load(tmp_path / "index").search == "ann"
+    exact, ann = read_predictions(tmp_path / "exact.tsv"), read_predictions(tmp_path / "ann.tsv")
+    assert [r["query_id"] for r in ann] == [r["query_id"] for r in exact]
+    for a, e in zip(ann, exact):  # the same best neighbour, or one exactly as similar
+        assert float(a["cosine_similarity"]) == pytest.approx(float(e["cosine_similarity"]), abs=1e-5)
+    loaded = ["identify", queries, "--index", tmp_path / "index", "--quiet", "--top-k", 2]
+    code, _, err = run(capsys, *loaded, "-o", tmp_path / "again.tsv")
+    assert code == 0 and "search: ann" in err  # a loaded index searches as it was saved, unless --search says
+    assert read_predictions(tmp_path / "again.tsv") == ann
+    code, _, err = run(capsys, *loaded, "-o", tmp_path / "x.tsv", "--search", "exact")
+    assert code == 0 and "search: exact" in err
+
+
+def test_rerank_align_adds_identity_columns(tmp_path, capsys, tiny_encoder, split_records):
+    reference = write_tsv(split_records["reference"], tmp_path / "reference.tsv")
+    queries = write_fasta(split_records["queries"], tmp_path / "queries.fasta")
+    index_dir, out = tmp_path / "index", tmp_path / "reranked.tsv"
+    assert run(capsys, "identify", "--reference", reference, "--save-index", index_dir, "--model", tiny_encoder)[0] == 0
+    args = ["identify", queries, "--index", index_dir, "-o", out, "--quiet", "--top-k", 2, "--rerank", "align"]
+    code, _, err = run(capsys, *args, "--candidates", 6)
+    assert code == 0, err
+    rows = read_predictions(out)
+    assert list(rows[0])[3:6] == ["cosine_similarity", "alignment_identity", "novel_species"]
+    assert list(rows[0])[-5:] == [
+        f"neighbor_2_{c}" for c in ("id", "species", "genus", "cosine_similarity", "alignment_identity")
+    ]
+    by_id = {row["query_id"]: row for row in rows}
+    assert float(by_id["COPY"]["alignment_identity"]) == 1.0
+    for record in split_records["known"]:  # the own species still comes first, now by alignment
+        row = by_id[record["processid"]]
+        assert row["predicted_species"] == record["species"] and row["novel_species"] == "false"
+        assert float(row["neighbor_1_alignment_identity"]) >= float(row["neighbor_2_alignment_identity"])
+    (index_dir / INDEX_SEQUENCES).unlink()  # an index written before the barcodes were kept
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "rebuild it" in err
+
+
+def test_genus_thresholds_and_small_reference_warning():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 16))
+    spread = np.repeat([0.05, 0.05, 0.05, 0.3, 0.3, 0.3], 12)[:, None]  # genus B's species are looser
+    embeddings = np.repeat(centres, 12, axis=0) + spread * rng.normal(size=(72, 16))
+    species = [f"s{i // 12}" for i in range(72)]
+    genus = ["A" if i < 36 else "B" for i in range(72)]
+    threshold, details = calibrate_threshold(embeddings, species, genus)
+    assert set(details["genus_thresholds"]) == {"A", "B"}
+    assert details["genus_thresholds"]["B"] < details["genus_thresholds"]["A"]
+    assert "6 species" in details["warning"] and "--novel-threshold" in details["warning"]
+    index = ReferenceIndex(embeddings, [], genus, species, "m", threshold, details)
+    assert index.threshold_for("B") == details["genus_thresholds"]["B"] and index.threshold_for("C") == threshold
+    index.set_threshold(0.5)
+    assert index.threshold_for("B") == 0.5
+
+
+def test_quick_start_flags_exactly_the_species_absent_from_the_reference(tmp_path, capsys):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    out = tmp_path / "identified.tsv"
+    code, _, err = run(
+        capsys, "identify", examples / "queries.fasta", "--reference", examples / "reference.tsv", "-o", out, "--quiet"
+    )
+    assert code == 0, err
+    assert "warning: the novel-species threshold was calibrated on a small reference (34 species" in err
+    reference_species = {line.split("\t")[7] for line in (examples / "reference.tsv").read_text().splitlines()[1:]}
+    truth = {
+        line[1:].split("|")[0]: line.split("|")[1] not in reference_species
+        for line in (examples / "queries.fasta").read_text().splitlines()
+        if line.startswith(">") and "|" in line
+    }
+    flagged = {row["query_id"]: row["novel_species"] == "true" for row in read_predictions(out)}
+    assert flagged == truth and sum(truth.values()) == 2
