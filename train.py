@@ -206,8 +206,8 @@ class PretrainingTrainer(Trainer):
             torch.manual_seed(int(batch_seed))
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if not model.training and self._masked_counts is not None:
-            targets = outputs.labels[outputs.labels != IGNORE_INDEX]
-            correct = (outputs.logits.argmax(-1) == targets).sum()
+            predicted, targets = outputs.scored()
+            correct = (predicted == targets).sum()
             self._masked_counts += torch.stack([correct, torch.tensor(targets.numel(), device=correct.device)])
         return (loss, outputs) if return_outputs else loss
 

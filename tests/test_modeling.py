@@ -65,12 +65,24 @@ def test_random_masking_keeps_exact_fraction_and_never_masks_specials_or_padding
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     masking = random_masking(input_ids, attention_mask, 0.5, first_kmer_id=5)
     maskable = attention_mask.bool() & (input_ids >= 5)
-    assert torch.equal(masking.mask.sum(1), (maskable.sum(1) * 0.5).floor().long())
+    assert torch.equal(masking.mask.sum(1), (maskable.sum(1) * 0.5).floor().long())  # no row is near the cap
     assert not (masking.mask & ~maskable).any()  # never [UNK], never padding
     assert torch.equal(masking.num_kept, attention_mask.sum(1) - masking.mask.sum(1))
+    assert masking.kept_length == input_ids.shape[1] - input_ids.shape[1] // 2 >= int(masking.num_kept.max())
     assert torch.equal(
         torch.gather(masking.ids_shuffle, 1, masking.ids_restore), torch.arange(input_ids.shape[1]).expand(3, -1)
     )
+
+
+def test_random_masking_caps_kept_tokens_of_unk_rows_at_the_static_length():
+    input_ids = torch.tensor([[1, 1, 1, 1, 1, 1, 7, 8, 9, 10], [1, 1, 1, 1, 1, 1, 1, 1, 7, 8], [5] * 10])
+    masking = random_masking(input_ids, torch.ones_like(input_ids), 0.5, first_kmer_id=5)
+    assert masking.kept_length == masking.masked_length == 5
+    assert masking.num_masked.tolist() == [4, 2, 5]  # rows 0 and 1 mask all their k-mers (not half)...
+    assert masking.num_kept.tolist() == [6, 8, 5]  # ...and still keep more than 5: the extra stay out of the encoder
+    assert torch.equal(masking.mask.sum(1), masking.num_masked)
+    output = BarcodeMAEForPreTraining(tiny_config(visible_loss_weight=1.0)).eval()(input_ids=input_ids)
+    assert torch.isfinite(output.loss) and output.logits.shape[1] == 5
 
 
 def test_same_seed_same_mask(batch):
@@ -96,7 +108,7 @@ def test_mae_encoder_sees_only_kept_tokens(batch, monkeypatch):
     mask = output.mask.bool()
     kept_count = batch["attention_mask"].sum(1) - mask.sum(1)
     assert torch.equal(seen["attention_mask"].sum(1), kept_count)
-    assert seen["input_ids"].shape[1] == int(kept_count.max())  # padded only to the batch's longest kept block
+    assert seen["input_ids"].shape[1] == int(kept_count.max())  # the longest row fixes the static kept length
     assert not (seen["input_ids"] == model.config.mask_token_id).any()
     for row in range(len(SEQUENCES)):
         real = seen["attention_mask"][row].bool()
@@ -111,11 +123,30 @@ def test_mae_loss_is_cross_entropy_on_masked_positions_only(batch):
     torch.manual_seed(3)
     output = model(**batch)
     scored = output.labels != -100
-    assert torch.equal(scored, output.mask.bool())
-    assert output.logits.shape == (int(scored.sum()), model.config.vocab_size)
-    expected = torch.nn.functional.cross_entropy(output.logits, output.labels[scored])
+    length = batch["input_ids"].shape[1]
+    assert output.logits.shape == (3, length // 2, model.config.vocab_size)  # one slot per possible masked token
+    assert torch.equal(scored.sum(1), output.mask.sum(1))
+    for row in range(3):
+        positions = output.masked_positions[row][scored[row]]
+        assert sorted(positions.tolist()) == output.mask[row].nonzero().flatten().tolist()
+        assert torch.equal(output.labels[row][scored[row]], batch["input_ids"][row, positions])
+    expected = torch.nn.functional.cross_entropy(output.logits[scored], output.labels[scored])
     torch.testing.assert_close(output.loss, expected)
-    assert torch.equal(output.labels[scored], batch["input_ids"][scored])
+    predicted, targets = output.scored()
+    assert torch.equal(targets, output.labels[scored]) and predicted.shape == targets.shape
+
+
+@pytest.mark.parametrize(("position_embedding_type", "visible_loss_weight"), [("absolute", 0.0), ("rotary", 1.0)])
+def test_mae_training_step_compiles_without_graph_breaks(batch, position_embedding_type, visible_loss_weight):
+    config = tiny_config(position_embedding_type=position_embedding_type, visible_loss_weight=visible_loss_weight)
+    model = BarcodeMAEForPreTraining(config).train()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: a graph break raises
+    torch.manual_seed(2)
+    compiled_loss = compiled(**batch).loss
+    compiled_loss.backward()
+    torch.manual_seed(2)
+    torch.testing.assert_close(compiled_loss, model(**batch).loss)
 
 
 def test_mlm_objective_uses_mask_tokens_and_scores_masked_positions(batch):

@@ -10,6 +10,7 @@ With ``objective="mlm"`` the same encoder is trained BarcodeBERT-style: masked t
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -38,12 +39,15 @@ class BarcodeMAEForPreTrainingOutput(ModelOutput):
     Args:
         loss: cross-entropy over the masked positions (MAE: plus ``visible_loss_weight`` times the cross-entropy of
             reconstructing the visible k-mers).
-        logits: ``(num_scored, vocab_size)`` predictions for the scored positions, in the row-major order of
-            ``labels != -100`` (the head runs only where there is something to predict).
-        labels: ``(batch, length)`` target ids at scored positions, -100 elsewhere.
+        logits: predictions where there is something to predict (the head runs only there). MAE: ``(batch,
+            masked_length, vocab_size)``, one slot per masked token (static shapes, see `random_masking`); MLM:
+            ``(num_scored, vocab_size)`` in the row-major order of ``labels != -100``.
+        labels: the targets, -100 where nothing is scored. MAE: ``(batch, masked_length)``, slot by slot; MLM:
+            ``(batch, length)``.
         mask: ``(batch, length)`` 1 where a token was masked, 0 where it was kept or is padding.
         ids_restore: ``(batch, length)`` MAE only: the permutation that restores the original order from the
             shuffled order (kept tokens first), as in ViT-MAE.
+        masked_positions: ``(batch, masked_length)`` MAE only: the sequence position of each slot of ``logits``.
         hidden_states: encoder hidden states (embeddings + every layer), if requested.
         genus_loss: the auxiliary genus-classification loss (already in ``loss`` with its weight), if computed.
     """
@@ -53,18 +57,32 @@ class BarcodeMAEForPreTrainingOutput(ModelOutput):
     labels: torch.LongTensor | None = None
     mask: torch.LongTensor | None = None
     ids_restore: torch.LongTensor | None = None
+    masked_positions: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     genus_loss: torch.FloatTensor | None = None
+
+    def scored(self) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """``(predicted ids, target ids)`` of every scored token, flat, for either objective."""
+        scored = self.labels != IGNORE_INDEX
+        predicted = self.logits.argmax(-1)
+        return (predicted[scored] if predicted.shape == scored.shape else predicted), self.labels[scored]
 
 
 @dataclass
 class RandomMasking:
-    """A per-sequence random masking: ``ids_shuffle`` puts kept tokens first, then masked ones, then padding."""
+    """A per-sequence random masking: ``ids_shuffle`` puts kept tokens first, then masked ones, then padding.
+
+    ``kept_length`` and ``masked_length`` are the encoder's and the loss's slot counts, fixed by the padded length
+    (see `random_masking`); ``num_kept`` may exceed ``kept_length`` only in rows with many ``[UNK]`` tokens, whose
+    extra kept tokens are then left out of the encoder input."""
 
     ids_shuffle: torch.LongTensor
     ids_restore: torch.LongTensor
     num_kept: torch.LongTensor
+    num_masked: torch.LongTensor
     mask: torch.BoolTensor
+    kept_length: int
+    masked_length: int
 
 
 def random_masking(
@@ -75,22 +93,36 @@ def random_masking(
     Special tokens (``[UNK]``, ``[CLS]``, ``[SEP]``) are always kept and padding is never masked: they get
     noise below / above every maskable token before the argsort, so one sort orders each row as
     kept | masked | padding.
+
+    Static shapes (``torch.compile`` reuses one graph per padded length ``L``): no row keeps more than
+    ``kept_length = L - floor(mask_ratio * L)`` tokens nor masks more than ``masked_length = floor(mask_ratio * L)``.
+    A row whose ``[UNK]`` tokens would leave it more kept tokens masks that many more k-mers (when it has them).
     """
+    length = input_ids.shape[1]
+    masked_length = math.floor(mask_ratio * length)
+    kept_length = length - masked_length
     real = attention_mask.bool()
     maskable = real & (input_ids >= first_kmer_id)
-    num_masked = (maskable.sum(1) * mask_ratio).floor().long()
-    num_kept = real.sum(1) - num_masked
+    num_real, num_maskable = real.sum(1), maskable.sum(1)
+    num_masked = torch.maximum((num_maskable * mask_ratio).floor().long(), num_real - kept_length)
+    num_masked = torch.minimum(num_masked.clamp(max=masked_length), num_maskable)
+    num_kept = num_real - num_masked
     noise = torch.rand(input_ids.shape, device=input_ids.device)
     noise = torch.where(maskable, noise, torch.where(real, -1.0, 2.0))
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = real & (ids_restore >= num_kept[:, None])
-    return RandomMasking(ids_shuffle, ids_restore, num_kept, mask)
+    return RandomMasking(ids_shuffle, ids_restore, num_kept, num_masked, mask, kept_length, masked_length)
+
+
+def slot_cross_entropy(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+    """Mean cross-entropy over the slots of ``(batch, slots, vocab)`` logits whose label is not -100."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def padding_mask_for_attention(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """``(batch, 1, 1, length)`` boolean key mask for SDPA, or None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all())):
         return None
     keys = attention_mask.bool()
     keys = keys | ~keys.any(dim=1, keepdim=True)  # an all-padding row attends everywhere instead of producing NaN
@@ -481,9 +513,9 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
 
     def _forward_mae(self, input_ids, attention_mask, output_hidden_states):
         masking = random_masking(input_ids, attention_mask, self.config.mask_ratio, self.config.first_kmer_id)
-        max_kept = int(masking.num_kept.max())
-        ids_keep = masking.ids_shuffle[:, :max_kept]
-        kept_attention = torch.arange(max_kept, device=input_ids.device)[None, :] < masking.num_kept[:, None]
+        ids_keep = masking.ids_shuffle[:, : masking.kept_length]
+        slots = torch.arange(masking.kept_length, device=input_ids.device)[None, :]
+        kept_attention = slots < masking.num_kept[:, None]
         kept_ids = torch.gather(input_ids, 1, ids_keep).masked_fill(~kept_attention, self.config.pad_token_id)
         encoded = self.barcodemae(
             kept_ids,
@@ -494,22 +526,39 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
             readout="mean",
         )
         decoded = self.decoder(encoded.last_hidden_state, kept_attention, masking.ids_restore, attention_mask)
-        logits = self.decoder.prediction(decoded[masking.mask])
-        loss = F.cross_entropy(logits.float(), input_ids[masking.mask])
+        masked_positions, labels = self._masked_slots(input_ids, masking)
+        logits = self._predict(decoded, masked_positions)
+        loss = slot_cross_entropy(logits, labels)
         if self.config.visible_loss_weight > 0:
-            visible = attention_mask.bool() & (input_ids >= self.config.first_kmer_id) & ~masking.mask
-            visible_logits = self.decoder.prediction(decoded[visible])
-            loss = loss + self.config.visible_loss_weight * F.cross_entropy(visible_logits.float(), input_ids[visible])
-        labels = input_ids.masked_fill(~masking.mask, IGNORE_INDEX)
+            visible = kept_attention & (kept_ids >= self.config.first_kmer_id)
+            visible_labels = kept_ids.masked_fill(~visible, IGNORE_INDEX)
+            visible_loss = slot_cross_entropy(self._predict(decoded, ids_keep), visible_labels)
+            loss = loss + self.config.visible_loss_weight * visible_loss
         output = BarcodeMAEForPreTrainingOutput(
             loss=loss,
             logits=logits,
             labels=labels,
             mask=masking.mask.long(),
             ids_restore=masking.ids_restore,
+            masked_positions=masked_positions,
             hidden_states=encoded.hidden_states,
         )
         return output, encoded.last_hidden_state, kept_attention
+
+    @staticmethod
+    def _masked_slots(input_ids: torch.LongTensor, masking: RandomMasking) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """``(positions, targets)``, both ``(batch, masked_length)``: each row's masked tokens in shuffled order,
+        then unused slots (position 0, target -100)."""
+        slots = torch.arange(masking.masked_length, device=input_ids.device)[None, :]
+        used = slots < masking.num_masked[:, None]
+        shuffled = (masking.num_kept[:, None] + slots).clamp(max=input_ids.shape[1] - 1)
+        positions = torch.gather(masking.ids_shuffle, 1, shuffled).masked_fill(~used, 0)
+        return positions, torch.gather(input_ids, 1, positions).masked_fill(~used, IGNORE_INDEX)
+
+    def _predict(self, decoded: torch.Tensor, positions: torch.LongTensor) -> torch.Tensor:
+        """Vocabulary logits of the decoder states at ``positions`` (``(batch, slots)``)."""
+        gathered = torch.gather(decoded, 1, positions[..., None].expand(-1, -1, decoded.shape[-1]))
+        return self.decoder.prediction(gathered)
 
     def _forward_mlm(self, input_ids, attention_mask, labels, output_hidden_states):
         if labels is None:
