@@ -1,9 +1,9 @@
 """Approximate nearest-neighbour libraries for the reference index, against exact cosine search (the baseline).
 
 Data: ``--references`` simulated barcodes (`barcodemae.simulate`, 658 bp, 0-3 bases lost at each end; a tree of
-genera with 10 species of 20 specimens) embedded by the shipped identification model (``kmer_bag`` readout, 256
-dimensions); the queries are ``--queries`` held-out specimens: a new specimen of a reference species or a specimen of
-a species absent from the reference (its last species of every genus), half each.
+genera with 10 species of 23 specimens) embedded by the shipped identification model (``kmer_bag`` readout, 256
+dimensions); the queries are ``--queries`` held-out specimens: a new specimen of a reference species (3 of each
+are held out) or a specimen of a species absent from the reference (the last species of every genus), half each.
 
 Cases: exact (`barcodemae.search.CosineIndex`, torch matmul), faiss ``IndexHNSWFlat`` and ``IndexIVFFlat`` (inner
 product on unit vectors), hnswlib (``space="ip"``) and usearch (``metric="ip"``, float32), each with
@@ -34,17 +34,17 @@ M, EF_CONSTRUCTION = 32, 128
 
 
 def simulated_split(references: int, queries: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """``(reference records, query records)`` as described in the module docstring."""
-    species, specimens = 10, 21
-    genera = max(1, -(-references // (species * specimens - specimens)))
+    """``(reference records, query records)`` as described in the module docstring: genera of 10 species of 23
+    specimens; 20 specimens of species 1-9 are references, the other 3 and all of species 10 are query candidates."""
+    species, specimens, kept = 10, 23, 20
+    genera = max(1, -(-references // ((species - 1) * kept)))
     records = simulate_barcodes(1, 1, genera, species, specimens, length=658, seed=seed, end_variation=3)
     novel = {r["species"] for r in records[species * specimens - 1 :: species * specimens]}
-    held_out = [i for i, r in enumerate(records) if r["species"] in novel or i % specimens == specimens - 1]
-    held = set(held_out)
+    held = {i for i, r in enumerate(records) if r["species"] in novel or i % specimens >= kept}
     reference = [r for i, r in enumerate(records) if i not in held][:references]
     rng = np.random.default_rng(seed)
-    known = [i for i in held_out if records[i]["species"] not in novel]
-    unseen = [i for i in held_out if records[i]["species"] in novel]
+    known = sorted(i for i in held if records[i]["species"] not in novel)
+    unseen = sorted(i for i in held if records[i]["species"] in novel)
     chosen = [
         *rng.choice(known, queries // 2, replace=False),
         *rng.choice(unseen, queries - queries // 2, replace=False),

@@ -67,3 +67,20 @@ def test_identify(tmp_path):
     assert {"model", "data", "reference_index", "cases", "ratios", "genus_calls"} <= result.keys()
     assert result["data"]["queries"] > 0
     assert 0.0 <= result["genus_calls"]["agreement_ours_vs_vsearch"] <= 1.0
+
+
+def test_search(tmp_path):
+    from benchmarks import search
+
+    result = run(search, tmp_path, "--ef", "8")
+    assert result["cases"]["exact (CosineIndex)"]["recall@1"] == 1.0
+    assert {"faiss HNSWFlat ef=8", "faiss IVFFlat nprobe=8"} <= result["cases"].keys()
+    assert all(0.0 <= case["recall@1"] <= 1.0 and case["queries_per_s"] > 0 for case in result["cases"].values())
+
+
+@pytest.mark.skipif(shutil.which("vsearch") is None, reason="vsearch not installed")
+def test_identify_scale(tmp_path):
+    result = run(identify, tmp_path, "--scale", "1", "--plot", str(tmp_path / "scale.png"))
+    assert [point["references"] for point in result["points"]] == [300, 600]
+    assert all(point["ours/vsearch"] > 0 and 0 <= point["ann_recall_at_1"] <= 1 for point in result["points"])
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
