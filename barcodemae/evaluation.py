@@ -320,8 +320,11 @@ def zscore(x: np.ndarray) -> np.ndarray:
 def umap_reduce(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """UMAP with :data:`ZERO_SHOT_UMAP` (seeded, so single-threaded); on fewer rows than that needs, the
     components and neighbours are capped at ``n - 2`` and ``n - 1``."""
+    import numba
     import umap  # numba-compiled: the first fit in a process costs seconds of JIT
 
+    threads = torch.get_num_threads()  # numba's OpenMP layer would otherwise widen torch's shared pool to every core
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     n = len(x)
     params = {
         **ZERO_SHOT_UMAP,
@@ -330,7 +333,10 @@ def umap_reduce(x: np.ndarray, seed: int = 0) -> np.ndarray:
     }
     with warnings.catch_warnings():  # duplicated rows (identical barcodes) make UMAP warn; they are legitimate
         warnings.simplefilter("ignore", category=UserWarning)
-        return umap.UMAP(**params, random_state=seed, n_jobs=1).fit_transform(np.asarray(x, dtype=np.float32))
+        try:
+            return umap.UMAP(**params, random_state=seed, n_jobs=1).fit_transform(np.asarray(x, dtype=np.float32))
+        finally:
+            torch.set_num_threads(threads)
 
 
 def ward_ami(reduced: np.ndarray, labels: Sequence) -> float:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from barcodemae import evaluation as ev
 from barcodemae import search
@@ -82,7 +83,13 @@ def test_zero_shot_clustering_separates_clusters_and_skips_missing_labels():
     result = ev.zero_shot_clustering(parts, {"species": list(species), "bin": bins, "one": ["x"] * 40})
     assert result["species"] == pytest.approx(1.0) and result["bin"] == pytest.approx(1.0)
     assert math.isnan(result["one"])  # a single label cannot be scored
-    noise = ev.zero_shot_clustering([rng.normal(size=(40, 3))], {"species": list(species)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # numba's OpenMP layer must not widen torch's thread pool (OMP_NUM_THREADS=1 stays 1)
+        noise = ev.zero_shot_clustering([rng.normal(size=(40, 3))], {"species": list(species)})
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert noise["species"] < 0.5
     assert ev.ZERO_SHOT_UMAP == {"n_components": 50, "n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
 
