@@ -8,10 +8,12 @@ Protocol (paper + BIOSCAN-5M benchmark), as implemented by :func:`prepare_protoc
   are kept once, the first occurrence in input order; the same barcode may appear in two partitions.
 * Closed world: species **linear probe** on frozen embeddings (features standardised on train), evaluated on
   ``test`` rows whose species occurs in ``train``; accuracy and macro-F1 in percent.
-* Open world: **genus 1-NN**, cosine, of each ``test_unseen`` barcode against the ``train`` barcodes; micro
-  accuracy in percent. Summary: harmonic mean of probe accuracy and genus 1-NN accuracy.
-* Also: species 1-NN on ``test``, zero-shot clustering AMI (vs BIN and species), representation health
-  (effective rank, mean pairwise cosine) and robustness of genus 1-NN to masking/deletion at inference.
+* Open world: **genus 1-NN**, cosine, of each ``test_unseen`` barcode against the ``train`` barcodes; micro and
+  per-species accuracy in percent. Summary: harmonic mean of probe accuracy and genus 1-NN micro accuracy.
+* Also: species 1-NN on ``test``, BIOSCAN-5M's zero-shot clustering AMI vs species and BIN
+  (:func:`zero_shot_clustering`: UMAP then Ward, on every record of ``test`` + ``test_unseen``), representation
+  health (effective rank, mean pairwise cosine) and robustness of genus 1-NN to masking/deletion at inference.
+* Every accuracy comes with a bootstrap 95% interval (``<key>_interval``, :func:`identification_score`).
 
 Rows lacking the label a task needs are excluded from that task and counted in ``result["counts"]``.
 """
