@@ -174,9 +174,15 @@ class Embedder:
         if chunk:
             yield self(chunk)
 
+    def _tokenize(self, batch: list[str]):
+        """Padded ids and attention mask; BarcodeMAE tokenizers have a numpy path with the same result."""
+        if hasattr(self.tokenizer, "encode_barcodes"):
+            return self.tokenizer.encode_barcodes(batch)
+        return self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+
     @torch.inference_mode()
     def _embed_batch(self, batch: list[str], rate: float, mode: str, generator: torch.Generator) -> np.ndarray:
-        encoded = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        encoded = self._tokenize(batch)
         input_ids, attention_mask, position_ids = encoded["input_ids"], encoded["attention_mask"], None
         if rate > 0:
             input_ids, attention_mask, position_ids = corrupt_tokens(

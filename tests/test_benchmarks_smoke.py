@@ -57,7 +57,7 @@ def test_embed(tmp_path):
     assert {("BertModel", "input order"), ("BertModel", "length-sorted")} <= batchings
     assert all(value < 1e-4 for value in result["padding_invariance_checks"].values())
     assert any("frame readout" in name for name in result["ratios"])
-    assert result["tokenizer"]["ratio_fast/plain"] > 0
+    assert result["tokenizer"]["ratio_fast/plain"] > 0 and result["tokenizer"]["ratio_encode_barcodes/batch_call"] > 0
     assert result["ratios"]
 
 

@@ -4,6 +4,7 @@ import itertools
 import random
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from tokenization_barcodemae import BarcodeMAETokenizer, kmer_vocabulary, normalize_barcode
@@ -113,3 +114,15 @@ def test_overlapping_kmer_ids_give_every_frame_of_the_backend(k_mer):
         for frame in range(k_mer):
             expected = tokenizer(normalised[frame:], truncation=True)["input_ids"]
             assert ids[frame::k_mer][:20].tolist() == expected
+
+
+def test_encode_barcodes_equals_the_padded_batch_call(tokenizer):
+    rng = random.Random(1)
+    messy = "ACGT" * 10 + "acgtNRYU-. \n"
+    sequences = ["".join(rng.choice(messy) for _ in range(rng.randint(0, 800))) for _ in range(50)] + ["", "ACG"]
+    expected = tokenizer(sequences, padding=True, truncation=True, return_tensors="pt")
+    encoded = tokenizer.encode_barcodes(sequences)
+    assert set(encoded) == {"input_ids", "attention_mask"}
+    for name in encoded:
+        assert torch.equal(encoded[name], expected[name])
+    assert tokenizer.encode_barcodes(["", "ACG"])["input_ids"].shape == (2, 0)

@@ -29,7 +29,7 @@ import re
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
-from transformers import PreTrainedTokenizerFast
+from transformers import BatchEncoding, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 NUCLEOTIDES = "ACGT"
@@ -141,6 +141,19 @@ class BarcodeMAETokenizer(PreTrainedTokenizerFast):
         ``self(barcode[f:], truncation=True)["input_ids"]``, is ``ids[f::k][:model_max_length]``."""
         normalised = [normalize_barcode(sequence) for sequence in sequences]
         return overlapping_kmer_ids(normalised, self.k_mer, self.first_kmer_id, self.unk_token_id)
+
+    def encode_barcodes(self, sequences: list[str]) -> BatchEncoding:
+        """``self(sequences, padding=True, truncation=True, return_tensors="pt")`` (right-padded ``input_ids`` and
+        ``attention_mask``), computed with `overlapping_kmer_ids` at numpy speed."""
+        rows = [ids[:: self.k_mer][: self.model_max_length] for ids in self.overlapping_kmer_ids(sequences)]
+        lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+        attention_mask = np.arange(max(lengths, default=0))[None, :] < lengths[:, None]
+        input_ids = np.full(attention_mask.shape, self.pad_token_id, dtype=np.int64)
+        if rows:
+            input_ids[attention_mask] = np.concatenate(rows)
+        return BatchEncoding(
+            {"input_ids": input_ids, "attention_mask": attention_mask.astype(np.int64)}, tensor_type="pt"
+        )
 
     def decode_barcode(self, token_ids) -> str:
         """Concatenate k-mers back into a sequence; special tokens are skipped, ``[UNK]`` becomes ``N`` * k."""
