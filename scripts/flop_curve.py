@@ -19,6 +19,7 @@ from val_protocol import readout_embeddings
 from barcodemae.embedding import Embedder
 from barcodemae.evaluation import effective_rank, identification_score, load_records, prepare_protocol
 from barcodemae.io import atomic_text
+from barcodemae.plots import plot_flop_curves
 from barcodemae.search import nearest_neighbors
 
 TFLOP_PER_STEP_AT_64 = {"mlm": 0.156, "mae-light": 0.0947, "mae-shipped": 0.243}  # see scripts/equal_flops.sh
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"])
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", type=Path, default=Path("results/equal-flops.json"))
+    parser.add_argument("--plot", type=Path, default=Path("results/equal-flops.png"))
     args = parser.parse_args()
 
     protocol = prepare_protocol(load_records(args.data)[0], seen_split="val", unseen_split="val_unseen")
@@ -72,6 +74,7 @@ def main() -> None:
             results["protocol"] = protocol.description
             with atomic_text(args.output) as handle:
                 handle.write(json.dumps(results, indent=2) + "\n")
+    plot_flop_curves({name: points for name, points in results.items() if name != "protocol"}, args.plot)
 
 
 if __name__ == "__main__":
