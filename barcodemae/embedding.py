@@ -201,13 +201,19 @@ class Embedder:
         inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             if getattr(self.model.config, "model_type", None) == "barcodemae":
-                if position_ids is None:  # the model skips its layers where the readout does not need them
-                    return self.model.barcode_embedding(**inputs).float().cpu().numpy()
-                return self.model(**inputs).pooler_output.float().cpu().numpy()
+                return self._barcodemae_embedding(inputs).float().cpu().numpy()
             output = self.model(**inputs)
         weights = inputs["attention_mask"].unsqueeze(-1).float()
         pooled = (output.last_hidden_state.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return pooled.cpu().numpy()
+
+    def _barcodemae_embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``pooler_output`` by ``barcode_embedding``, which skips the transformer layers where the readout does not
+        need them, unless position ids (token deletion) must reach the layers: the ``kmer_bag`` readout reads the ids
+        alone, so deleted tokens take the fast path too."""
+        if "position_ids" in inputs and self.model.config.readout != "kmer_bag":
+            return self.model(**inputs).pooler_output
+        return self.model.barcode_embedding(inputs["input_ids"], inputs["attention_mask"])
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -7,12 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_config
 
 from barcodemae import evaluation as ev
 from barcodemae import search
 from barcodemae.baselines import kmer_count_features
+from barcodemae.embedding import Embedder, corrupt_tokens
 from barcodemae.plots import plot_robustness, plot_training_curves, plot_tsne, underrepresented_genera
 from barcodemae.simulate import simulate_barcodes
+from modeling_barcodemae import BarcodeMAEModel
+from tokenization_barcodemae import BarcodeMAETokenizer
 
 QUICK_PROBE = ev.ProbeConfig(lr=1e-2, min_steps=200)  # enough for the (near-)separable simulated features
 
@@ -397,3 +401,34 @@ def test_model_names_are_short_and_unique():
     assert ev.model_names(["pretrained/a", "pretrained/b"]) == ["a", "b"]
     assert ev.model_names(["runs/mae/encoder", "runs/mlm/encoder"]) == ["mae/encoder", "mlm/encoder"]
     assert ev.model_names(["x/run/encoder", "y/run/encoder"]) == ["x/run/encoder", "y/run/encoder"]
+
+
+# --------------------------------------------------------------------------------- corrupted embeddings
+@pytest.mark.parametrize(("readout", "layer_calls"), [("kmer_bag", 0), ("mean", 1)])
+def test_deleted_tokens_take_the_fast_path_only_where_the_readout_ignores_positions(records, readout, layer_calls):
+    """Fig. 3 deletion: the k-mer bag reads the kept ids alone, so the Embedder skips the transformer layers and
+    gets what the full forward pass (with the kept tokens' position ids) gives; a mean readout still runs them."""
+    torch.manual_seed(0)
+    model = BarcodeMAEModel(tiny_config(readout=readout)).eval()
+    tokenizer = BarcodeMAETokenizer(k_mer=4, model_max_length=50)
+    sequences = [r["dna_barcode"] for r in records[:6]]
+    encoded = tokenizer.encode_barcodes(sequences)
+    special = dict(mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id)
+    generator = torch.Generator().manual_seed(0)
+    ids, mask, positions = corrupt_tokens(
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        0.3,
+        "deletion",
+        tokenizer.all_special_ids,
+        **special,
+        generator=generator,
+    )
+    with torch.no_grad():
+        slow = model(input_ids=ids, attention_mask=mask, position_ids=positions).pooler_output.numpy()
+    calls = []
+    model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    fast = Embedder(model, tokenizer, batch_size=len(sequences), sort_by_length=False)(sequences, deletion_rate=0.3)
+    np.testing.assert_allclose(fast, slow, atol=1e-6)
+    assert len(calls) == layer_calls
+    assert not np.allclose(fast, Embedder(model, tokenizer)(sequences))  # the deletion did happen
