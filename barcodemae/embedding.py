@@ -62,20 +62,35 @@ def sequences_fingerprint(sequences: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_embeddings(embedder: Embedder, sequences: Sequence[str], cache_dir: str | os.PathLike | None) -> np.ndarray:
-    """``embedder(sequences)``, read from / written to ``cache_dir/<model>-<sequences>.npy`` when a cache is given
-    (keyed by the model's weights and config and by the exact sequences; clear it when readout code changes)."""
+def cached_embeddings(
+    embedder: Embedder, sequences: Sequence[str], cache_dir: str | os.PathLike | None, **corruption: float
+) -> np.ndarray:
+    """``embedder(sequences, **corruption)``, read from / written to ``cache_dir/<model>-<sequences><settings>.npy``
+    when a cache is given: keyed by the model's weights and config, the exact sequences and :func:`settings_key`
+    (bf16, and the corruption of corrupted inputs). Clear the cache when readout code changes."""
     if cache_dir is None:
-        return embedder(sequences, progress=True)
-    path = Path(cache_dir) / f"{model_fingerprint(embedder.model)}-{sequences_fingerprint(sequences)}.npy"
+        return embedder(sequences, progress=True, **corruption)
+    name = f"{model_fingerprint(embedder.model)}-{sequences_fingerprint(sequences)}{settings_key(embedder, corruption)}"
+    path = Path(cache_dir) / f"{name}.npy"
     if path.exists():
         return np.load(path)
-    embeddings = embedder(sequences, progress=True)
+    embeddings = embedder(sequences, progress=True, **corruption)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp.npy")
     np.save(temporary, embeddings)
     temporary.replace(path)
     return embeddings
+
+
+def settings_key(embedder: Embedder, corruption: dict[str, float]) -> str:
+    """What else changes the embeddings: ``""`` for clean fp32 ones, ``-bf16`` under bf16 autocast, and for corrupted
+    inputs e.g. ``-deletion_rate0.3-seed0-batch256-sorted`` (the batches draw the corruption)."""
+    key = "-bf16" if embedder.autocast_dtype is not None else ""
+    rates = [f"{name}{rate:g}" for name, rate in sorted(corruption.items()) if name != "seed" and rate]
+    if rates:
+        order = "sorted" if embedder.sort_by_length else "unsorted"
+        key += "-" + "-".join([*rates, f"seed{corruption.get('seed', 0)}", f"batch{embedder.batch_size}", order])
+    return key
 
 
 def corrupt_tokens(
