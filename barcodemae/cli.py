@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="benchmark encoders (and baselines) on a labelled table")
     evaluate.add_argument(
-        "--model", action="append", help="encoder folder, repeat for several (default: the shipped encoder)"
+        "--model",
+        action="append",
+        help="encoder folder, or a fine-tuned classifier folder (barcodemae finetune's OUTPUT_DIR: also scored as "
+        "the species fine-tune column); repeat for several (default: the shipped encoder)",
     )
     evaluate.add_argument(
         "--data", required=True, help="BIOSCAN-5M metadata CSV/TSV (as shipped) or a table with its columns"
@@ -88,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-seen-rows", type=int, help="cap the train/test partitions (compute budget)")
     evaluate.add_argument("--max-unseen-rows", type=int, help="cap the unseen queries (compute budget)")
     evaluate.add_argument("--robustness-queries", type=int, default=2000, help="unseen queries for the Fig. 3 curves")
+    evaluate.add_argument(
+        "--cache-dir",
+        default=".cache/embeddings",
+        help="embeddings cached per (model weights, partition barcodes); default: %(default)s",
+    )
+    evaluate.add_argument("--no-cache", action="store_true", help="embed everything afresh, cache nothing")
     evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser(
@@ -254,6 +263,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         max_seen_rows=args.max_seen_rows,
         max_unseen_rows=args.max_unseen_rows,
         robustness_queries=args.robustness_queries,
+        cache_dir=None if args.no_cache else args.cache_dir,
     )
 
 

@@ -794,8 +794,54 @@ def evaluate_predictor(
     return result
 
 
+def is_classifier(path: str | Path) -> bool:
+    """Whether the folder holds a sequence classifier (e.g. ``barcodemae finetune``'s ``OUTPUT_DIR``)."""
+    config = Path(path) / "config.json"
+    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") if config.is_file() else None
+    return any(name.endswith("ForSequenceClassification") for name in architectures or ())
+
+
+def load_classifier(path: str | Path):
+    """``(classifier, tokenizer)`` of a local ``AutoModelForSequenceClassification`` folder (offline)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from barcodemae.embedding import pick_device
+
+    options = {"trust_remote_code": True, "local_files_only": True}
+    classifier = AutoModelForSequenceClassification.from_pretrained(str(path), **options)
+    return classifier.to(pick_device()).eval(), AutoTokenizer.from_pretrained(str(path), **options)
+
+
+@torch.inference_mode()
+def classify(classifier, tokenizer, sequences: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """The label (``config.id2label``) each sequence's highest logit names."""
+    device, names = next(classifier.parameters()).device, classifier.config.id2label
+    predicted = []
+    for start in range(0, len(sequences), batch_size):
+        batch = tokenizer(
+            list(sequences[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+        )
+        logits = classifier(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        predicted += logits.logits.argmax(-1).tolist()
+    return np.array([names[i] for i in predicted], dtype=object)
+
+
+def finetuned_species_accuracy(classifier, tokenizer, protocol: Protocol, seed: int = 0) -> dict[str, Any]:
+    """BIOSCAN-5M's fine-tune column: species accuracy of a classifier fine-tuned on ``train`` species, on the rows
+    the linear probe scores (``test`` rows whose species occurs in ``train``), with a bootstrap 95% interval. A
+    classifier none of whose labels is a ``train`` species (e.g. a genus classifier) gets None and the reason."""
+    ref_species = set(protocol.train.labels("species", protocol.train.has("species")))
+    if not ref_species & {str(name) for name in classifier.config.id2label.values()}:
+        return {"species_finetune_accuracy": None, "species_finetune_skipped": "its labels are not species of train"}
+    rows = [i for i, species in enumerate(protocol.test.species) if species in ref_species]
+    predicted = classify(classifier, tokenizer, [protocol.test.sequences[i] for i in rows])
+    score, interval = accuracy_with_interval(predicted, [protocol.test.species[i] for i in rows], seed=seed)
+    return {"species_finetune_accuracy": score, "species_finetune_accuracy_interval": interval}
+
+
 # --------------------------------------------------------------------------------------------- reporting
 _COLUMNS = (
+    ("species_finetune_accuracy", "species fine-tune acc", 2),
     ("species_linear_probe_accuracy", "species probe acc", 2),
     ("species_linear_probe_macro_f1", "species probe macro-F1", 2),
     ("genus_1nn_unseen_accuracy", "genus 1-NN unseen", 2),
@@ -810,6 +856,7 @@ _COLUMNS = (
     ("n_test", "n test", 0),
     ("n_unseen", "n unseen", 0),
 )
+_OPTIONAL = {"species_finetune_accuracy"}  # columns shown only when a row has a value
 
 
 def _cell(value: Any, digits: int, interval: Sequence[float] | None = None) -> str:
@@ -821,16 +868,18 @@ def _cell(value: Any, digits: int, interval: Sequence[float] | None = None) -> s
 
 
 def results_to_markdown(results: dict[str, dict[str, Any]]) -> str:
-    """One row per model/baseline; metrics that do not apply show '–'; a row ``{"skipped": reason}`` shows the
-    reason. Accuracies show their bootstrap 95% interval in brackets. A second table lists robustness curves
-    (genus 1-NN unseen vs rate, with intervals) for rows that have them."""
-    header = "| model | " + " | ".join(title for _, title, _ in _COLUMNS) + " |"
-    lines = [header, "|---|" + "---:|" * len(_COLUMNS)]
+    """One row per model/baseline; metrics that do not apply show '–' (the fine-tune column only appears when a row
+    has it); a row ``{"skipped": reason}`` shows the reason. Accuracies show their bootstrap 95% interval in
+    brackets. A second table lists robustness curves (genus 1-NN unseen vs rate, with intervals) for rows that have
+    them."""
+    columns = [c for c in _COLUMNS if c[0] not in _OPTIONAL or any(r.get(c[0]) is not None for r in results.values())]
+    header = "| model | " + " | ".join(title for _, title, _ in columns) + " |"
+    lines = [header, "|---|" + "---:|" * len(columns)]
     for name, row in results.items():
         if "skipped" in row:
-            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * (len(_COLUMNS) - 1))
+            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * (len(columns) - 1))
             continue
-        cells = (_cell(row.get(key), d, row.get(f"{key}_interval")) for key, _, d in _COLUMNS)
+        cells = (_cell(row.get(key), d, row.get(f"{key}_interval")) for key, _, d in columns)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     rows = {name: row for name, row in results.items() if row.get("robustness")}
     if rows:
@@ -926,17 +975,22 @@ def format_seconds(seconds: float) -> str:
 
 @dataclass
 class _Job:
-    """What every row of a run shares."""
+    """What every row of a run shares; embeddings are read from / written to ``cache_dir`` unless it is None."""
 
     protocol: Protocol
     seed: int
     rates: Sequence[float] | None
     robustness_queries: int | None
     tsne_sequences: list[str]
+    cache_dir: str | Path | None = None
     tsne_inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def encoder(self, name: str, embedder, stage: Stage) -> dict[str, Any]:
-        embed = partial(embedder, progress=True)
+        from barcodemae.embedding import cached_embeddings
+
+        def embed(sequences: Sequence[str], **corruption: float) -> np.ndarray:
+            return cached_embeddings(embedder, sequences, self.cache_dir, **corruption)
+
         row = evaluate_embedder(
             embed,
             self.protocol,
@@ -947,8 +1001,17 @@ class _Job:
         )
         if self.tsne_sequences:
             stage("t-SNE embeddings")
-            self.tsne_inputs[name] = embedder(self.tsne_sequences)
+            self.tsne_inputs[name] = embed(self.tsne_sequences)
         return row
+
+    def classifier(self, name: str, path: str, stage: Stage) -> dict[str, Any]:
+        """A fine-tuned classifier's row: the protocol on its encoder, and its own species accuracy on ``test``."""
+        from barcodemae.embedding import Embedder
+
+        classifier, tokenizer = load_classifier(path)
+        row = self.encoder(name, Embedder(classifier.base_model, tokenizer), stage)
+        stage("fine-tuned species classifier")
+        return {**finetuned_species_accuracy(classifier, tokenizer, self.protocol, self.seed), **row}
 
 
 def _row_jobs(models: Sequence[str], baselines: Sequence[str], job: _Job) -> list[tuple[str, Callable[[Stage], dict]]]:
@@ -958,6 +1021,8 @@ def _row_jobs(models: Sequence[str], baselines: Sequence[str], job: _Job) -> lis
 
     def model_row(path: str, name: str, stage: Stage) -> dict:
         stage("loading the model")
+        if is_classifier(path):
+            return job.classifier(name, path, stage)
         return job.encoder(name, Embedder.from_pretrained(path), stage)
 
     def random_row(stage: Stage) -> dict:
@@ -1014,13 +1079,18 @@ def run_evaluation(
     max_unseen_rows: int | None = None,
     robustness_queries: int | None = 2000,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, dict]:
     """Evaluate encoder folders (and baselines: ``random`` init of the first model, ``kmer`` 4/5/6, ``vsearch``)
     on a labelled table; writes ``results.json`` (with the seconds each row and stage took), ``results.md`` and,
     with ``plots``, ``robustness.png`` and ``tsne.png`` (under-represented genera of the unseen partition) into
     ``output``. By default every partition is used whole; ``max_seen_rows`` caps the reference (train) and
     seen-test partitions for a compute budget, ``max_unseen_rows`` the unseen queries. ``progress``: a bar with
-    ETA on stderr. Returns the results."""
+    ETA on stderr. A model folder holding a fine-tuned classifier (``barcodemae finetune``'s ``OUTPUT_DIR``) is
+    evaluated on its encoder and gets its own species accuracy (:func:`finetuned_species_accuracy`). With
+    ``cache_dir``, embeddings are cached per (model weights, exact partition sequences, corruption) there
+    (``barcodemae.embedding.cached_embeddings``), so a re-run with other baselines re-embeds nothing. Returns the
+    results."""
     from barcodemae.plots import plot_robustness, plot_tsne, underrepresented_genera
 
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -1032,9 +1102,10 @@ def run_evaluation(
     records, cleaning = load_records(data)
     protocol = prepare_protocol(records, seen_split=seen_split, unseen_split=unseen_split, seed=seed)
     _budget_protocol(protocol, max_seen_rows, max_unseen_rows, seed)
-    genera = set(underrepresented_genera(protocol.unseen.genus, seed=seed))
+    genera = set(underrepresented_genera(protocol.unseen.genus, seed=seed)) if plots else set()
     tsne_rows = [i for i, g in enumerate(protocol.unseen.genus) if g in genera]
-    job = _Job(protocol, seed, robustness_rates, robustness_queries, [protocol.unseen.sequences[i] for i in tsne_rows])
+    tsne_sequences = [protocol.unseen.sequences[i] for i in tsne_rows]
+    job = _Job(protocol, seed, robustness_rates, robustness_queries, tsne_sequences, cache_dir)
     jobs = _row_jobs(models, baselines, job)
     bar = Progress(len(jobs), enabled=progress)
     results: dict[str, dict] = {}
@@ -1044,6 +1115,7 @@ def run_evaluation(
     bar.close()
     seconds = {"total": round(time.perf_counter() - start, 1), "rows": bar.seconds}
     summary = {"protocol": protocol.description, "counts": protocol.counts, "cleaning": cleaning}
+    summary["embedding_cache"] = None if cache_dir is None else str(cache_dir)
     summary.update(seconds=seconds, results=results)
     _write_atomic(output / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
     device = "a CUDA GPU" if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
