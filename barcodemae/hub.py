@@ -29,6 +29,11 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "model_card" / "template.md"
 # Added to huggingface_hub's own defaults (.git, .cache/huggingface): never upload Python caches or temp files.
 IGNORE_PATTERNS = ["__pycache__", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".*.tmp", "*/.*.tmp"]
 RESULT_METRICS = {
+    "species_finetune_accuracy": (
+        "Species accuracy of the fine-tuned classifier (seen species, test)",
+        "accuracy",
+        "test",
+    ),
     "species_linear_probe_accuracy": ("Species linear probe accuracy (seen species, test)", "accuracy", "test"),
     "species_linear_probe_macro_f1": ("Species linear probe macro-F1 (seen species, test)", "f1", "test"),
     "genus_1nn_unseen_accuracy": ("Genus 1-NN accuracy (unseen species, test_unseen)", "accuracy", "test_unseen"),
@@ -186,7 +191,17 @@ def load_results(path: str | os.PathLike, key: str | None = None, model_name: st
     return entries[chosen]
 
 
+def _bounds(metrics: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """The bootstrap 95% interval ``barcodemae evaluate`` stores beside ``key`` (``<key>_interval``), if any."""
+    value = metrics.get(f"{key}_interval")
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(bound) for bound in value):
+        return float(value[0]), float(value[1])
+    return None
+
+
 def eval_results(metrics: dict[str, Any], dataset_name: str = "BIOSCAN-5M") -> list:
+    """One model-index entry per metric present; its bootstrap 95% interval, where there is one, goes in the
+    entry's ``args`` as ``bootstrap_interval_95: [low, high]``."""
     from huggingface_hub import EvalResult
 
     found = []
@@ -203,20 +218,31 @@ def eval_results(metrics: dict[str, Any], dataset_name: str = "BIOSCAN-5M") -> l
                     metric_type=metric_type,
                     metric_name=label,
                     metric_value=round(float(value), 4),
+                    metric_args=_interval_args(metrics, key),
                 )
             )
     return found
+
+
+def _interval_args(metrics: dict[str, Any], key: str) -> dict[str, list[float]] | None:
+    bounds = _bounds(metrics, key)
+    return None if bounds is None else {"bootstrap_interval_95": [round(bound, 4) for bound in bounds]}
 
 
 def _results_text(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return "No evaluation results were attached to this export (`barcodemae card FOLDER --results results.json`)."
     rows = [
-        f"| {label} | {metrics[key]:.2f} |"
+        f"| {label} | {metrics[key]:.2f} | {_interval_text(metrics, key)} |"
         for key, (label, _, _) in RESULT_METRICS.items()
         if _number(metrics.get(key))
     ]
-    return "\n".join(["| Metric | Value |", "|---|---|", *rows])
+    return "\n".join(["| Metric | Value | Bootstrap 95% interval |", "|---|---|---|", *rows])
+
+
+def _interval_text(metrics: dict[str, Any], key: str) -> str:
+    bounds = _bounds(metrics, key)
+    return "–" if bounds is None else f"[{bounds[0]:.2f}, {bounds[1]:.2f}]"
 
 
 def _number(value: Any) -> bool:

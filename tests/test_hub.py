@@ -19,6 +19,9 @@ RESULTS = {
     "barcodemae-tiny": {
         "species_linear_probe_accuracy": 91.25,
         "genus_1nn_unseen_accuracy": 70.5,
+        "genus_1nn_unseen_accuracy_interval": [65.25, 75.5],
+        "species_finetune_accuracy": 96.0,
+        "species_finetune_accuracy_interval": [95.5, 96.5],
         "harmonic_mean": 79.5,
     },
     "other": {"species_linear_probe_accuracy": 10.0},
@@ -49,8 +52,14 @@ def test_export_from_run_folder_writes_encoder_and_card(tmp_path, capsys):
     assert "non-overlapping 4-mers" in readme and 'pipeline("feature-extraction"' in readme
     metadata = _metadata(out / "README.md")
     assert metadata["pipeline_tag"] == "feature-extraction" and metadata["library_name"] == "transformers"
-    metrics = {m["name"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    entries = {m["name"]: m for result in metadata["model-index"][0]["results"] for m in result["metrics"]}
+    metrics = {name: entry["value"] for name, entry in entries.items()}
     assert metrics["Species linear probe accuracy (seen species, test)"] == 91.25
+    assert metrics["Species accuracy of the fine-tuned classifier (seen species, test)"] == 96.0
+    genus = entries["Genus 1-NN accuracy (unseen species, test_unseen)"]
+    assert genus["value"] == 70.5 and genus["args"] == {"bootstrap_interval_95": [65.25, 75.5]}
+    assert "args" not in entries["Harmonic mean of probe and genus 1-NN accuracy"]  # no interval: none invented
+    assert "| Genus 1-NN accuracy (unseen species, test_unseen) | 70.50 | [65.25, 75.50] |" in readme
     assert len(metadata["model-index"][0]["results"]) + len(metrics) >= 3
 
     code, _, err = run(capsys, "export", run_dir, out)  # an existing folder is not replaced without --overwrite
