@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 from val_protocol import readout_embeddings
 
 from barcodemae.embedding import Embedder
-from barcodemae.evaluation import effective_rank, identification_score, load_records, prepare_protocol
+from barcodemae.evaluation import (
+    Protocol,
+    effective_rank,
+    harmonic_mean,
+    identification_score,
+    linear_probe,
+    load_records,
+    prepare_protocol,
+)
 from barcodemae.io import atomic_text
 from barcodemae.plots import plot_flop_curves
 from barcodemae.search import nearest_neighbors
-
-TFLOP_PER_STEP_AT_64 = {"mlm": 0.156, "mae-light": 0.0947, "mae-shipped": 0.243}  # see scripts/equal_flops.sh
 
 
 def checkpoints(run: Path, every: int) -> list[Path]:
@@ -32,10 +37,28 @@ def checkpoints(run: Path, every: int) -> list[Path]:
 
 
 def training_tflop(checkpoint: Path) -> float:
-    """Training FLOPs (TFLOP) up to this checkpoint: steps × FLOPs per step of the run's recipe and batch."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    recipe = re.sub(r"^eqflop-[0-9.]+-", "", checkpoint.parent.name)
-    return state["global_step"] * TFLOP_PER_STEP_AT_64[recipe] * state["train_batch_size"] / 64
+    """Training FLOPs (TFLOP) up to this checkpoint: steps × the FLOPs per step that scripts/equal_flops.sh recorded
+    for the run's recipe and batch (``budget.json``)."""
+    budget = json.loads((checkpoint.parent / "budget.json").read_text())
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    return step * budget["tflop_per_step_at_batch_64"] * budget["batch"] / 64
+
+
+def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, species_probe: bool) -> dict:
+    """Genus 1-NN of the unseen queries (per species, micro, intervals), the queries' effective rank and, with
+    ``species_probe``, the species linear probe (train -> val) and the harmonic means with the genus numbers."""
+    refs, queries, val = protocol.train, protocol.unseen, protocol.test
+    ref_emb, query_emb = (readout_embeddings(embedder, readout, p.sequences, cache_dir) for p in (refs, queries))
+    nearest, _ = nearest_neighbors(query_emb, ref_emb)
+    genus = identification_score([refs.genus[i] for i in nearest[:, 0]], queries.genus, queries.species)
+    result = {**genus.as_dict(), "effective_rank": effective_rank(query_emb)}
+    if species_probe:
+        val_emb = readout_embeddings(embedder, readout, val.sequences, cache_dir)
+        probe = linear_probe(ref_emb, refs.species, val_emb, val.species)
+        result["species_probe_val"] = probe
+        result["harmonic_mean_micro"] = harmonic_mean(probe["accuracy"], genus.micro)
+        result["harmonic_mean_per_species"] = harmonic_mean(probe["accuracy"], genus.per_species)
+    return result
 
 
 def main() -> None:
@@ -44,32 +67,30 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="folders runs/eqflop-BUDGET-RECIPE")
     parser.add_argument("--every", type=int, default=4, help="score every N-th checkpoint (and the last)")
     parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"])
+    parser.add_argument("--species-probe", action="store_true", help="also the species probe at each run's last point")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", type=Path, default=Path("results/equal-flops.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/equal-flops.png"))
     args = parser.parse_args()
 
     protocol = prepare_protocol(load_records(args.data)[0], seen_split="val", unseen_split="val_unseen")
-    refs, queries = protocol.train, protocol.unseen
     results = json.loads(args.output.read_text()) if args.output.exists() else {}
     for run in args.runs:
         points = results.setdefault(run.name, {})
-        for checkpoint in checkpoints(run, args.every):
+        chosen = checkpoints(run, args.every)
+        for checkpoint in chosen:
             embedder = Embedder.from_pretrained(checkpoint)
             step = checkpoint.name.split("-")[1]
+            point = points.setdefault(step, {"training_tflop": training_tflop(checkpoint)})
             for readout in args.readout:
                 started = time.perf_counter()
-                ref_emb, query_emb = (
-                    readout_embeddings(embedder, readout, p.sequences, args.cache_dir) for p in (refs, queries)
+                point[readout] = score(
+                    embedder, readout, protocol, args.cache_dir, args.species_probe and checkpoint == chosen[-1]
                 )
-                nearest, _ = nearest_neighbors(query_emb, ref_emb)
-                score = identification_score([refs.genus[i] for i in nearest[:, 0]], queries.genus, queries.species)
-                points.setdefault(step, {"training_tflop": training_tflop(checkpoint)})[readout] = {
-                    **score.as_dict(),
-                    "effective_rank": effective_rank(query_emb),
-                }
                 print(
-                    f"{run.name} step {step} {readout:9s} {score}  ({time.perf_counter() - started:.0f} s)", flush=True
+                    f"{run.name} step {step} {readout:9s} {point[readout]['per_species']:.2f} per species, "
+                    f"{point[readout]['micro']:.2f} micro ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
                 )
             results["protocol"] = protocol.description
             with atomic_text(args.output) as handle:

@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# One lent-GPU session (an H100/H200 for ~10 minutes): the GPU benchmark of issue 7, then side-by-side
-# pretraining runs of issue 8 on the real barcodes, each stopped by a wall-clock budget. Everything that comes
-# back is written to $OUT (at most 8 files):
+# One lent-GPU session (an H100/H200 for ~12 minutes): the GPU benchmark of issue 7, then the equal-FLOP runs of
+# issue 13 (scripts/equal_flops.sh) one after another on the real barcodes. Everything that comes back is written
+# to $OUT (at most 8 files):
 #   session.log               environment, benchmark tables, per-run status
 #   pretrain_step_gpu.json    benchmarks.pretrain_step on the GPU (bf16): MAE vs MLM, ours vs reference, MFU
-#   metrics.tgz               every run's log, run_info.json, trainer_state.json (all evaluations), loss curve
-#   encoder-RUN.tgz           the exported encoder (best checkpoint by val_unseen genus 1-NN) of the runs in
-#                             $BRING_BACK
+#   metrics.tgz               every run's log, run_info.json, trainer_state.json, loss curve
+#   val_protocol.json         scripts/val_protocol.py on each run's final encoder (mean and k-mer bag readouts)
+#   encoder-RUN.tgz           the small runs' exported final encoders
 #
 # Used as: device run "bash scripts/gpu_session.sh" with .gpudata (the data file) and .whl (wheels the image
-# lacks: datasets and its pins, transformers/evaluate as used here) carried. Dry run on CPU:
-#   OUT=/tmp/gpu_out DEVICE=cpu TRAIN_MINUTES=0.3 PRESET=tiny bash scripts/gpu_session.sh
+# lacks: datasets and its pins, transformers/evaluate as used here) carried. Settings (environment): BUDGET (PFLOP
+# per small run, 2), PAPER_BUDGET (also MLM and MAE at the paper's size, e.g. 30; unset: skipped), BATCH (256),
+# RUNS_TO_DO, BENCHMARK (0 skips stage 1), RUN_TIMEOUT (s per run). Time on an H200: benchmark ~3 min, each small
+# run at 2 PFLOP ~1-2 min of training plus ~1 min of data loading and ~1 min of val protocol. Dry run on CPU:
+#   OUT=/tmp/gpu_out DEVICE=cpu BUDGET=0.0005 BATCH=8 PRESET=tiny INSTALL_WHEELS=0 PYTHON=.venv/bin/python \
+#     DATA=../shared/data/barcodes.tsv.gz RUN_TIMEOUT=900 RUNS_TO_DO=mae-light bash scripts/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpudata/barcodes.tsv.gz}
 DEVICE=${DEVICE:-cuda}
 PRESET=${PRESET:-small}
-TRAIN_MINUTES=${TRAIN_MINUTES:-5}
-BRING_BACK=${BRING_BACK:-"mae-vis mlm mae-vis-bigdec"}
+BUDGET=${BUDGET:-2}
+BATCH=${BATCH:-256}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+BENCHMARK=${BENCHMARK:-1}
+RUNS_TO_DO=${RUNS_TO_DO:-"mlm mae-light mae-shipped"}
 RUNS=/tmp/barcodemae-runs
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" "$RUNS"
@@ -43,46 +50,39 @@ if [ "$DEVICE" = cuda ]; then
 else
     BENCH="--device cpu --tiny --repeats 1"
 fi
-echo "== benchmark: python3 -m benchmarks.pretrain_step $BENCH" >>"$LOG"
-# shellcheck disable=SC2086
-timeout 200 "$PYTHON" -m benchmarks.pretrain_step $BENCH --output "$OUT/pretrain_step_gpu.json" >>"$LOG" 2>&1
-echo "== benchmark exit $?" >>"$LOG"
+if [ "$BENCHMARK" = 1 ]; then
+    echo "== benchmark: python3 -m benchmarks.pretrain_step $BENCH" >>"$LOG"
+    # shellcheck disable=SC2086
+    timeout 200 "$PYTHON" -m benchmarks.pretrain_step $BENCH --output "$OUT/pretrain_step_gpu.json" >>"$LOG" 2>&1
+    echo "== benchmark exit $?" >>"$LOG"
+fi
 
-# ---------------------------------------------------------------- 2. pretraining runs, side by side
-common=(--data_file "$DATA" --preset "$PRESET" --max_train_minutes "$TRAIN_MINUTES" --max_steps 100000
-    --per_device_train_batch_size 256 --learning_rate 4e-4 --weight_decay 0.01 --warmup_steps 200
-    --lr_scheduler_type constant_with_warmup --eval_strategy steps --eval_steps 250 --save_steps 250
-    --save_total_limit 2 --logging_steps 50 --load_best_model_at_end --metric_for_best_model genus_1nn_unseen
-    --greater_is_better true --probe_references 5000 --probe_queries 2000 --per_device_eval_batch_size 512
-    --max_eval_samples 2000 --preprocessing_num_workers 3 --dataloader_num_workers 2 --seed 0
-    --disable_tqdm true --report_to none)
-if [ "$DEVICE" = cuda ]; then common+=(--bf16 true --tf32 true); else common+=(--use_cpu true --eval_steps 5 \
-    --save_steps 5 --per_device_train_batch_size 16 --probe_references 200 --probe_queries 100 \
-    --max_eval_samples 100 --warmup_steps 2); fi
-
-train() {  # NAME ARGS...: one run, its log beside its folder
-    local name=$1
-    shift
-    echo "== run $name: python train.py ${common[*]} --output_dir runs/$name $*" >>"$LOG"
-    timeout $("$PYTHON" -c "print(int($TRAIN_MINUTES * 60 + 150))") \
-        "$PYTHON" train.py "${common[@]}" --output_dir "$RUNS/$name" "$@" >"$RUNS/$name.log" 2>&1
-    echo "== run $name exit $?" >>"$LOG"
+# ---------------------------------------------------------------- 2. equal-FLOP pretraining runs, one after another
+# scripts/equal_flops.sh at $BUDGET PFLOP each (batch 256, cosine to 0 within the budget): MLM, then the MAE with
+# the light decoder, then the MAE as the small preset ships; with PAPER_BUDGET set, MLM and MAE at the paper's size
+# (6 x 6 x 768 encoder and decoder) at that budget too. Each run has the GPU to itself.
+equal_flops() {  # NAME PFLOP: one run, its log beside its folder, then its encoder scored by the val protocol
+    echo "== run $1: BATCH=$BATCH DEVICE=$DEVICE bash scripts/equal_flops.sh $1 $2" >>"$LOG"
+    BATCH=$BATCH DEVICE=$DEVICE RUNS=$RUNS DATA=$DATA PRESET=$PRESET PYTHON=$PYTHON THREADS=4 \
+        timeout "$RUN_TIMEOUT" bash scripts/equal_flops.sh "$1" "$2" >"$RUNS/$1.log" 2>&1
+    echo "== run $1 exit $? at $(date -u +%T)" >>"$LOG"
+    timeout 300 "$PYTHON" scripts/val_protocol.py --data "$DATA" --model "$RUNS/eqflop-$2-$1/encoder" \
+        --readout mean kmer_bag --cache-dir "$RUNS/cache/embeddings" --output "$OUT/val_protocol.json" 2>&1 |
+        tr '\r' '\n' | grep -v '^embedding:' >>"$LOG"
+    echo "== val protocol $1 exit $?" >>"$LOG"
 }
-train mae-vis --objective mae --visible_loss_weight 1.0 &
-train mlm --objective mlm &
-train mae-vis-bigdec --objective mae --visible_loss_weight 1.0 --decoder_hidden_size 256 \
-    --decoder_num_hidden_layers 4 --decoder_num_attention_heads 4 --decoder_intermediate_size 1024 &
-train mae-bigdec --objective mae --decoder_hidden_size 256 --decoder_num_hidden_layers 4 \
-    --decoder_num_attention_heads 4 --decoder_intermediate_size 1024 &
-wait
+for name in $RUNS_TO_DO; do equal_flops "$name" "$BUDGET"; done
+for name in ${PAPER_BUDGET:+paper-mlm paper-mae}; do equal_flops "$name" "$PAPER_BUDGET"; done
 
 # ---------------------------------------------------------------- 3. bring back
 (
     cd "$RUNS" || exit 1
     find . -maxdepth 2 \( -name '*.log' -o -name run_info.json -o -name trainer_state.json -o -name loss_curve.png \
         -o -name data_report.json \) -print0 | xargs -0 tar czf "$OUT/metrics.tgz"
-    for name in $BRING_BACK; do
-        [ -d "$name/encoder" ] && tar czf "$OUT/encoder-$name.tgz" "$name/encoder"
+    # the small runs' encoders (paper-size ones are too large to bring back: their scores are in val_protocol.json)
+    for name in $RUNS_TO_DO; do
+        folder=eqflop-$BUDGET-$name
+        [ -d "$folder/encoder" ] && tar czf "$OUT/encoder-$name.tgz" "$folder/encoder"
     done
 )
 ls -la "$OUT" >>"$LOG"
