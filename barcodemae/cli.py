@@ -51,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument("-o", "--output", help="predictions .tsv")
     identify.add_argument("--save-index", help="write the reference index folder (embeddings, ids, taxonomy)")
     identify.add_argument("--top-k", type=int, default=5, help="neighbours listed per query (default: 5)")
-    identify.add_argument("--novel-threshold", type=float, help="similarity below which a query is a novel species")
+    identify.add_argument(
+        "--novel-threshold",
+        type=float,
+        help="cosine similarity below which a query is a novel species, for every genus (default: calibrated on the "
+        "reference, per genus)",
+    )
     identify.add_argument(
         "--search",
         choices=("exact", "ann", "auto"),
