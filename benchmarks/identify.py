@@ -184,12 +184,15 @@ def main(argv=None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- scale
-def children_rss_mb() -> float:
-    """Resident MiB of this process's child processes now (0 when there are none)."""
+def children_rss_mb(name: str = "vsearch") -> float:
+    """Resident MiB of this process's child processes running ``name`` now (a child still being forked, sharing
+    this process's memory, is not counted)."""
     total = 0
     for children in Path("/proc/self/task").glob("*/children"):
         for pid in children.read_text().split():
             with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() != name:
+                    continue
                 status = Path(f"/proc/{pid}/status").read_text()
                 total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     return total / 1024
