@@ -1,0 +1,38 @@
+"""scripts/flop_curve.py: which checkpoints are scored, the FLOPs each had, and the curve plot."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from flop_curve import checkpoints, training_tflop  # noqa: E402
+
+from barcodemae.plots import plot_flop_curves  # noqa: E402
+
+
+def make_run(tmp_path: Path, steps: list[int], batch: int = 128) -> Path:
+    run = tmp_path / "eqflop-0.25-mlm"
+    for step in steps:
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    budget = {"recipe": "mlm", "tflop_per_step_at_batch_64": 0.156, "batch": batch}
+    (run / "budget.json").write_text(json.dumps(budget))
+    return run
+
+
+def test_every_nth_checkpoint_in_step_order_and_always_the_last(tmp_path):
+    run = make_run(tmp_path, [100, 200, 300, 400, 1000, 1100, 1200])
+    assert [path.name for path in checkpoints(run, 3)] == ["checkpoint-300", "checkpoint-1100", "checkpoint-1200"]
+
+
+def test_training_flops_scale_with_steps_and_batch(tmp_path):
+    run = make_run(tmp_path, [250], batch=128)
+    assert abs(training_tflop(run / "checkpoint-250") - 250 * 0.156 * 2) < 1e-9
+
+
+def test_flop_curve_plot(tmp_path):
+    point = {"per_species": 60.0, "per_species_interval": [55.0, 65.0]}
+    runs = {"eqflop-0.25-mlm": {"100": {"training_tflop": 15.6, "mean": point}, "200": {"training_tflop": 31.2}}}
+    path = plot_flop_curves(runs, tmp_path / "curve.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
