@@ -12,7 +12,13 @@ memory of the build (RSS rise, see benchmarks/common.py), queries/s (all queries
 threads, medians of interleaved rounds) and recall@1 against exact search, where an approximate top-1 counts as
 right when it is the exact top-1 or as similar (within 1e-5: exact duplicates of a barcode tie).
 
-Run: ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --references 200000``.
+With ``--data BARCODES.tsv.gz`` the references are instead all unique real `train` barcodes and the queries all
+unique `val_unseen` and `val` barcodes (the val protocol's rows; embeddings cached in ``--cache-dir``).
+`barcodemae.search.AnnIndex` with its defaults (the index ``barcodemae identify --search ann`` builds) is one case.
+
+Run: ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --references 200000`` and
+``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --data ../shared/data/barcodes.tsv.gz --output
+benchmarks/results/search_real.json``.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from barcodemae.embedding import DEFAULT_MODEL, Embedder
-from barcodemae.search import CosineIndex, l2_normalize_array
+from barcodemae.embedding import DEFAULT_MODEL, Embedder, cached_embeddings
+from barcodemae.search import AnnIndex, CosineIndex, l2_normalize_array
 from barcodemae.simulate import simulate_barcodes
 from benchmarks.common import base_parser, format_table, machine_info, peak_memory_mb, report, setup, time_interleaved
 
@@ -58,9 +64,24 @@ def recall_at_1(found: np.ndarray, found_sims: np.ndarray, exact: np.ndarray, ex
     return float(np.mean(right))
 
 
+def real_embeddings(data: str, embedder: Embedder, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(train references, val_unseen + val queries)`` embeddings of the val protocol's unique barcodes."""
+    from barcodemae.evaluation import load_records, prepare_protocol
+
+    protocol = prepare_protocol(load_records(data)[0], seen_split="val", unseen_split="val_unseen")
+    refs = cached_embeddings(embedder, protocol.train.sequences, cache_dir)
+    queries = [cached_embeddings(embedder, part.sequences, cache_dir) for part in (protocol.unseen, protocol.test)]
+    return refs, np.concatenate(queries)
+
+
+def simulated_embeddings(embedder: Embedder, references: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    reference, query = simulated_split(references, queries)
+    return embedder([r["dna_barcode"] for r in reference]), embedder([r["dna_barcode"] for r in query])
+
+
 def builders(threads: int) -> dict[str, Callable[[np.ndarray], Any]]:
     """Index builders by library (those installed)."""
-    out: dict[str, Callable[[np.ndarray], Any]] = {}
+    out: dict[str, Callable[[np.ndarray], Any]] = {"barcodemae AnnIndex (defaults)": AnnIndex.build}
     if importlib.util.find_spec("faiss"):
         import faiss
 
@@ -107,6 +128,8 @@ def searcher(name: str, index: Any, ef: int, k: int, threads: int) -> Callable[[
     the cases share one index)."""
 
     def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if name.startswith("barcodemae"):
+            return index.search(q, k)
         if name == "faiss HNSWFlat":
             index.hnsw.efSearch = ef
             return index.search(q, k)[::-1]
@@ -129,6 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--references", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128], help="HNSW ef / IVF nprobe")
+    parser.add_argument("--data", help="real barcodes (BIOSCAN-style table with split column) instead of simulated")
+    parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.set_defaults(repeats=3)
     return parser.parse_args(argv)
 
@@ -137,11 +162,12 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     device = setup(args)
     machine = machine_info(device)
-    n_refs, n_queries = (2000, 50) if args.tiny else (args.references, args.queries)
-    reference, queries = simulated_split(n_refs, n_queries)
     embedder = Embedder.from_pretrained(DEFAULT_MODEL, "cpu")
-    refs = l2_normalize_array(embedder([r["dna_barcode"] for r in reference]))
-    query = l2_normalize_array(embedder([r["dna_barcode"] for r in queries]))
+    if args.data:
+        refs, query = real_embeddings(args.data, embedder, args.cache_dir)
+    else:
+        refs, query = simulated_embeddings(embedder, *((2000, 50) if args.tiny else (args.references, args.queries)))
+    refs, query = l2_normalize_array(refs), l2_normalize_array(query)
     exact = CosineIndex(refs)
     exact_idx, exact_sims = exact.search(query, k=1)
     cases: dict[str, Callable[[], object]] = {"exact (CosineIndex)": lambda: exact.search(query, k=1)}
@@ -151,10 +177,10 @@ def main(argv=None) -> dict[str, Any]:
         start = time.perf_counter()
         memory = peak_memory_mb(lambda build=build, built=built: built.append(build(refs)), device)
         seconds = time.perf_counter() - start
-        for ef in args.ef:
+        for ef in [0] if name.startswith("barcodemae") else args.ef:
             search = searcher(name, built[0], ef, 1, args.threads)
             found, sims = search(query)
-            case = f"{name} ef={ef}" if "IVF" not in name else f"{name} nprobe={ef}"
+            case = name if not ef else f"{name} ef={ef}" if "IVF" not in name else f"{name} nprobe={ef}"
             cases[case] = lambda search=search: search(query)
             rows[case] = {
                 "library": name,
@@ -167,7 +193,12 @@ def main(argv=None) -> dict[str, Any]:
     for case, values in times.items():
         rows[case].update(queries_per_s=len(query) / np.median(values), speed_vs_exact=baseline / np.median(values))
     payload = {
-        "data": {"references": len(refs), "queries": len(query), "dimensions": refs.shape[1]},
+        "data": {
+            "source": args.data or "simulated",
+            "references": len(refs),
+            "queries": len(query),
+            "dimensions": refs.shape[1],
+        },
         "hnsw": {"M": M, "ef_construction": EF_CONSTRUCTION},
         "cases": rows,
     }
