@@ -256,7 +256,7 @@ def build_index(
 ) -> tuple[ReferenceIndex, CleaningReport]:
     """Embed a labelled reference table (or FASTA), calibrate the thresholds unless one is given, and build the
     approximate index when ``search`` asks for it."""
-    resolve_method(search, 0)  # a bad method is refused before the reference is embedded
+    resolve_method(search, 0)  # a bad method, or "ann" without faiss, is refused before the reference is embedded
     report = CleaningReport()
     ids: list[str] = []
     genus: list[str] = []

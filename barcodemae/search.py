@@ -7,14 +7,15 @@ One interface, :class:`Searcher` (``len(s)``, ``s.search(queries, k) -> (indices
 * :class:`AnnIndex`: approximate, a faiss inverted-file index over the unit vectors (``pip install 'barcodemae[ann]'``).
 
 :func:`build_searcher` picks one by ``method``: ``"exact"``, ``"ann"`` or ``"auto"`` (approximate from
-:data:`ANN_MIN_REFERENCES` references on). The library and the threshold were chosen by measurement
-(``benchmarks/search.py``, benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only faiss's
-IVF index kept recall@1 >= 0.99 of exact search on the real embeddings (whose species form tight clusters that
-HNSW graphs miss) at 3-8x the speed of exact search.
+:data:`ANN_MIN_REFERENCES` references on, when faiss is installed). The library and the threshold were chosen by
+measurement (``benchmarks/search.py``, benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only
+faiss's IVF index kept recall@1 >= 0.99 of exact search on the real embeddings (whose species form tight clusters
+that HNSW graphs miss), at 5-7x the speed of exact search at 46k-190k references.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from typing import Protocol
@@ -165,12 +166,19 @@ class AnnIndex:
         return indices.astype(np.int64), similarities.astype(np.float32)
 
 
+def ann_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
 def resolve_method(method: str, n_references: int) -> str:
-    """``"exact"`` or ``"ann"`` for ``method`` (one of :data:`SEARCH_METHODS`) and a reference set's size."""
+    """``"exact"`` or ``"ann"`` for ``method`` (one of :data:`SEARCH_METHODS`) and a reference set's size:
+    ``auto`` is approximate from :data:`ANN_MIN_REFERENCES` references on when faiss is installed, exact otherwise."""
     if method not in SEARCH_METHODS:
         raise ValueError(f"search method must be one of {', '.join(SEARCH_METHODS)}, not {method!r}")
     if method == "auto":
-        return "ann" if n_references >= ANN_MIN_REFERENCES else "exact"
+        return "ann" if n_references >= ANN_MIN_REFERENCES and ann_available() else "exact"
+    if method == "ann":
+        _faiss()  # refused now when missing, not after a long embedding
     return method
 
 

@@ -67,6 +67,9 @@ def test_missing_optional_libraries_say_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "edlib", None)
     with pytest.raises(ImportError, match=r"barcodemae\[ann\]"):
         AnnIndex.build(clustered(5, 4))
+    with pytest.raises(ImportError, match=r"barcodemae\[ann\]"):
+        resolve_method("ann", 10)  # refused before anything is embedded
+    assert resolve_method("auto", ANN_MIN_REFERENCES) == "exact"  # auto falls back to exact search
     with pytest.raises(ImportError, match=r"barcodemae\[align\]"):
         alignment_identity("ACGT", "ACGT")
 
