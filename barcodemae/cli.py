@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="embeddings cached per (model weights, partition barcodes); default: %(default)s",
     )
     evaluate.add_argument("--no-cache", action="store_true", help="embed everything afresh, cache nothing")
+    evaluate.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="rows evaluated at a time in worker processes sharing the threads (seeded UMAP uses one core each)",
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser(
@@ -269,6 +275,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         max_unseen_rows=args.max_unseen_rows,
         robustness_queries=args.robustness_queries,
         cache_dir=None if args.no_cache else args.cache_dir,
+        workers=args.workers,
     )
 
 

@@ -956,10 +956,15 @@ class Progress:
     def finish(self) -> None:
         self._lap()
         self._stage = ""
-        total = self.seconds[self._row]["total"] = round(time.perf_counter() - self._row_start, 1)
+        self.seconds[self._row]["total"] = round(time.perf_counter() - self._row_start, 1)
+        self.record(self._row, self.seconds[self._row])
+
+    def record(self, row: str, seconds: dict[str, float]) -> None:
+        """A finished row (timed here or in a worker process): its seconds, the bar and a line."""
+        self.seconds[row] = seconds
         self.bar.update(1)
         if not self.bar.disable:
-            self.bar.write(f"{self._row}: {format_seconds(total)}", file=sys.stderr)
+            self.bar.write(f"{row}: {format_seconds(seconds['total'])}", file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()
@@ -1014,41 +1019,90 @@ class _Job:
         return {**finetuned_species_accuracy(classifier, tokenizer, self.protocol, self.seed), **row}
 
 
-def _row_jobs(models: Sequence[str], baselines: Sequence[str], job: _Job) -> list[tuple[str, Callable[[Stage], dict]]]:
-    """(row name, function of a :data:`Stage` callback returning the row) for each model, then each baseline."""
-    from barcodemae.baselines import ToolNotFound, kmer_count_features, vsearch_genus_1nn
+Row = Callable[[_Job, Stage], dict]  # one row of the results table, from what the rows share
+
+
+def _model_row(path: str, name: str, job: _Job, stage: Stage) -> dict:
+    from barcodemae.embedding import Embedder
+
+    stage("loading the model")
+    if is_classifier(path):
+        return job.classifier(name, path, stage)
+    return job.encoder(name, Embedder.from_pretrained(path), stage)
+
+
+def _random_row(path: str, job: _Job, stage: Stage) -> dict:
     from barcodemae.embedding import Embedder, load_encoder
 
-    def model_row(path: str, name: str, stage: Stage) -> dict:
-        stage("loading the model")
-        if is_classifier(path):
-            return job.classifier(name, path, stage)
-        return job.encoder(name, Embedder.from_pretrained(path), stage)
+    stage("loading the model")
+    model, tokenizer = load_encoder(path)
+    torch.manual_seed(job.seed)
+    random_model = type(model)(model.config).to(model.device).eval()
+    return job.encoder("random init", Embedder(random_model, tokenizer), stage)
 
-    def random_row(stage: Stage) -> dict:
-        stage("loading the model")
-        model, tokenizer = load_encoder(models[0])
-        torch.manual_seed(job.seed)
-        random_model = type(model)(model.config).to(model.device).eval()
-        return job.encoder("random init", Embedder(random_model, tokenizer), stage)
 
-    def kmer_row(k: int, stage: Stage) -> dict:
-        return evaluate_features(lambda s: kmer_count_features(s, k), job.protocol, seed=job.seed, stage=stage)
+def _kmer_row(k: int, job: _Job, stage: Stage) -> dict:
+    from barcodemae.baselines import kmer_count_features
 
-    def vsearch_row(stage: Stage) -> dict:
-        try:
-            return evaluate_predictor(vsearch_genus_1nn, job.protocol, stage=stage)
-        except ToolNotFound as error:
-            return {"skipped": str(error)}
+    return evaluate_features(partial(kmer_count_features, k=k), job.protocol, seed=job.seed, stage=stage)
 
-    rows = [(name, partial(model_row, path, name)) for path, name in zip(models, model_names(models))]
+
+def _vsearch_row(job: _Job, stage: Stage) -> dict:
+    from barcodemae.baselines import ToolNotFound, vsearch_genus_1nn
+
+    try:
+        return evaluate_predictor(vsearch_genus_1nn, job.protocol, stage=stage)
+    except ToolNotFound as error:
+        return {"skipped": str(error)}
+
+
+def _row_jobs(models: Sequence[str], baselines: Sequence[str]) -> list[tuple[str, Row]]:
+    """(row name, :data:`Row`) for each model, then each baseline; picklable, for worker processes."""
+    rows: list[tuple[str, Row]] = [
+        (name, partial(_model_row, path, name)) for path, name in zip(models, model_names(models))
+    ]
     if "random" in baselines:
-        rows.append(("random init", random_row))
+        rows.append(("random init", partial(_random_row, models[0])))
     if "kmer" in baselines:
-        rows += [(f"k-mer {k} counts", partial(kmer_row, k)) for k in KMER_SIZES]
+        rows += [(f"k-mer {k} counts", partial(_kmer_row, k)) for k in KMER_SIZES]
     if "vsearch" in baselines:
-        rows.append(("vsearch top hit", vsearch_row))
+        rows.append(("vsearch top hit", _vsearch_row))
     return rows
+
+
+def _row_in_worker(row: Row, name: str, job: _Job, threads: int) -> tuple[dict, dict[str, float], np.ndarray | None]:
+    """A row in a worker process on ``threads`` threads: the row, its seconds per stage, its t-SNE inputs."""
+    torch.set_num_threads(threads)
+    timer = Progress(1, enabled=False)
+    result = row(job, timer.start(name))
+    timer.finish()
+    return result, timer.seconds[name], job.tsne_inputs.get(name)
+
+
+def _run_rows(rows: list[tuple[str, Row]], job: _Job, bar: Progress, workers: int) -> dict[str, dict]:
+    """Every row, one after another, or ``workers`` at a time in spawned processes that share the threads (UMAP
+    is single-threaded when seeded, so on a 2-core CPU two rows cluster at once); results in row order."""
+    if workers <= 1:
+        results = {}
+        for name, row in rows:
+            results[name] = row(job, bar.start(name))
+            bar.finish()
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // workers)
+    bar.bar.set_postfix_str(f"{workers} rows at a time, {threads} thread(s) each")
+    done: dict[str, tuple] = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_row_in_worker, row, name, job, threads): name for name, row in rows}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            bar.record(futures[future], done[futures[future]][1])
+    for name, _ in rows:
+        if done[name][2] is not None:
+            job.tsne_inputs[name] = done[name][2]
+    return {name: done[name][0] for name, _ in rows}
 
 
 def _budget_protocol(protocol: Protocol, max_seen_rows: int | None, max_unseen_rows: int | None, seed: int) -> None:
@@ -1080,6 +1134,7 @@ def run_evaluation(
     robustness_queries: int | None = 2000,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    workers: int = 1,
 ) -> dict[str, dict]:
     """Evaluate encoder folders (and baselines: ``random`` init of the first model, ``kmer`` 4/5/6, ``vsearch``)
     on a labelled table; writes ``results.json`` (with the seconds each row and stage took), ``results.md`` and,
@@ -1089,8 +1144,8 @@ def run_evaluation(
     ETA on stderr. A model folder holding a fine-tuned classifier (``barcodemae finetune``'s ``OUTPUT_DIR``) is
     evaluated on its encoder and gets its own species accuracy (:func:`finetuned_species_accuracy`). With
     ``cache_dir``, embeddings are cached per (model weights, exact partition sequences, corruption) there
-    (``barcodemae.embedding.cached_embeddings``), so a re-run with other baselines re-embeds nothing. Returns the
-    results."""
+    (``barcodemae.embedding.cached_embeddings``), so a re-run with other baselines re-embeds nothing. ``workers``
+    > 1 evaluates that many rows at a time in worker processes (:func:`_run_rows`). Returns the results."""
     from barcodemae.plots import plot_robustness, plot_tsne, underrepresented_genera
 
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -1106,12 +1161,9 @@ def run_evaluation(
     tsne_rows = [i for i, g in enumerate(protocol.unseen.genus) if g in genera]
     tsne_sequences = [protocol.unseen.sequences[i] for i in tsne_rows]
     job = _Job(protocol, seed, robustness_rates, robustness_queries, tsne_sequences, cache_dir)
-    jobs = _row_jobs(models, baselines, job)
-    bar = Progress(len(jobs), enabled=progress)
-    results: dict[str, dict] = {}
-    for name, row in jobs:
-        results[name] = row(bar.start(name))
-        bar.finish()
+    rows = _row_jobs(models, baselines)
+    bar = Progress(len(rows), enabled=progress)
+    results = _run_rows(rows, job, bar, workers)
     bar.close()
     seconds = {"total": round(time.perf_counter() - start, 1), "rows": bar.seconds}
     summary = {"protocol": protocol.description, "counts": protocol.counts, "cleaning": cleaning}

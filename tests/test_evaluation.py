@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -432,3 +434,24 @@ def test_deleted_tokens_take_the_fast_path_only_where_the_readout_ignores_positi
     np.testing.assert_allclose(fast, slow, atol=1e-6)
     assert len(calls) == layer_calls
     assert not np.allclose(fast, Embedder(model, tokenizer)(sequences))  # the deletion did happen
+
+
+# ------------------------------------------------------------------------------------------ worker processes
+def _row_in_a_process(value: int, job: ev._Job, stage: ev.Stage) -> dict:
+    stage("working")
+    return {"value": value, "pid": os.getpid(), "threads": torch.get_num_threads(), "train": len(job.protocol.train)}
+
+
+def test_rows_run_in_worker_processes_in_row_order_with_their_stage_times(protocol):
+    import pickle
+
+    pickle.dumps(ev._row_jobs(["model-a", "model-b"], ev.BASELINES))  # the real rows travel to workers too
+    job = ev._Job(protocol, 0, None, None, [])
+    rows = [(f"row {i}", partial(_row_in_a_process, i)) for i in range(3)]
+    bar = ev.Progress(len(rows), enabled=False)
+    threads = torch.get_num_threads()
+    results = ev._run_rows(rows, job, bar, workers=2)
+    assert list(results) == [name for name, _ in rows] and [r["value"] for r in results.values()] == [0, 1, 2]
+    assert os.getpid() not in {r["pid"] for r in results.values()} and results["row 0"]["train"] == len(protocol.train)
+    assert {r["threads"] for r in results.values()} == {max(1, threads // 2)} and torch.get_num_threads() == threads
+    assert set(bar.seconds) == set(results) and set(bar.seconds["row 1"]) == {"working", "total"}
