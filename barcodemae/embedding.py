@@ -224,11 +224,8 @@ class Embedder:
 
     def _barcodemae_embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``pooler_output`` by ``barcode_embedding``, which skips the transformer layers where the readout does not
-        need them, unless position ids (token deletion) must reach the layers: the ``kmer_bag`` readout reads the ids
-        alone, so deleted tokens take the fast path too."""
-        if "position_ids" in inputs and self.model.config.readout != "kmer_bag":
-            return self.model(**inputs).pooler_output
-        return self.model.barcode_embedding(inputs["input_ids"], inputs["attention_mask"])
+        need them (the ``kmer_bag`` readout, deleted tokens included: it drops k-mers across a deletion)."""
+        return self.model.barcode_embedding(**inputs)
 
 
 # ------------------------------------------------------------------------------------------- files

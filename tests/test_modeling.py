@@ -323,6 +323,17 @@ def test_kmer_bag_readout_is_the_mean_token_embedding_and_ignores_padding(tokeni
     assert output.last_hidden_state.shape[:2] == batch["input_ids"].shape
 
 
+def test_kmer_bag_after_a_deletion_has_no_kmer_across_the_gap(tokenizer):
+    torch.manual_seed(0)
+    model = BarcodeMAEModel(tiny_config(readout="kmer_bag")).eval()
+    ids = tokenizer(SEQUENCES[0], return_tensors="pt")["input_ids"][:, :8]
+    kept = [0, 1, 2, 5, 6, 7]  # tokens 3 and 4 deleted
+    with torch.no_grad():
+        deleted = model.kmer_bag(ids[:, kept], torch.ones(1, 6), torch.tensor([kept]))
+        pieces = [model.kmer_bag(ids[:, part], torch.ones(1, 3)) for part in ([0, 1, 2], [5, 6, 7])]
+    torch.testing.assert_close(deleted, (pieces[0] + pieces[1]) / 2)  # each piece holds 3 + 3 * 2 k-mers
+
+
 def test_mean_plus_kmer_bag_concatenates_two_unit_vectors(batch):
     torch.manual_seed(0)
     mean = BarcodeMAEModel(tiny_config()).eval()

@@ -249,15 +249,22 @@ def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> to
 
 
 def shift_frame(
-    input_ids: torch.LongTensor, attention_mask: torch.Tensor, shift: int, config: BarcodeMAEConfig
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    shift: int,
+    config: BarcodeMAEConfig,
+    position_ids: torch.LongTensor | None = None,
 ) -> tuple[torch.LongTensor, torch.Tensor]:
     """The non-overlapping k-mers of the same barcodes read ``shift`` bases (0 < shift < k) further on, derived
     from the ids: k-mer ``i`` of the new frame is the last ``k - shift`` bases of k-mer ``i`` and the first
     ``shift`` of k-mer ``i + 1``. It is ``[UNK]`` when either source is not an ACGT k-mer, and a barcode loses
-    its last token (its trailing bases were not tokenised)."""
+    its last token (its trailing bases were not tokenised). With ``position_ids`` (tokens deleted), a k-mer
+    across a gap (positions not consecutive) does not exist in the barcode and is masked out."""
     k, first = config.k_mer, config.first_kmer_id
     head, tail = input_ids[:, :-1], input_ids[:, 1:]
     valid = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
+    if position_ids is not None:
+        valid = valid & (position_ids[:, 1:] == position_ids[:, :-1] + 1)
     known = (head >= first) & (tail >= first)
     suffix = (head - first).clamp(min=0) % 4 ** (k - shift)
     prefix = (tail - first).clamp(min=0) // 4 ** (k - shift)
@@ -267,14 +274,17 @@ def shift_frame(
 
 
 def overlapping_kmers(
-    input_ids: torch.LongTensor, attention_mask: torch.Tensor, config: BarcodeMAEConfig
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    config: BarcodeMAEConfig,
+    position_ids: torch.LongTensor | None = None,
 ) -> tuple[torch.LongTensor, torch.Tensor]:
     """Every overlapping k-mer of the barcodes, derived from their non-overlapping ids: the k reading frames
     side by side, ``(batch, k * length - k + 1)``, with a mask that is 1 exactly at ACGT k-mers (``[UNK]``,
-    special tokens and padding are 0)."""
+    special tokens, padding and, with ``position_ids``, k-mers across a deletion are 0)."""
     frames, masks = [input_ids], [attention_mask]
     for shift in range(1, config.k_mer):
-        ids, mask = shift_frame(input_ids, attention_mask, shift, config)
+        ids, mask = shift_frame(input_ids, attention_mask, shift, config, position_ids)
         frames.append(ids)
         masks.append(mask)
     ids, mask = torch.cat(frames, dim=1), torch.cat(masks, dim=1)
@@ -353,29 +363,35 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
 
     def _readout(self, readout, last_hidden_state, input_ids, attention_mask, position_ids, frames) -> torch.Tensor:
         if readout == "kmer_bag":
-            return self.kmer_bag(input_ids, attention_mask)
+            return self.kmer_bag(input_ids, attention_mask, position_ids)
         pooled = masked_mean(last_hidden_state, attention_mask)
         if frames > 1:
             pooled = self._pool_frames(pooled, input_ids, attention_mask, position_ids, frames)
         if readout == "mean+kmer_bag":
-            bag = self.kmer_bag(input_ids, attention_mask)
+            bag = self.kmer_bag(input_ids, attention_mask, position_ids)
             pooled = torch.cat([F.normalize(pooled, dim=-1), F.normalize(bag, dim=-1)], dim=-1)
         return pooled
 
     def barcode_embedding(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         """``pooler_output`` alone, without running the transformer layers when the readout does not need them
         (``readout="kmer_bag"``: embedding lookups only)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if self.config.readout == "kmer_bag":
-            return self.kmer_bag(input_ids, attention_mask)
-        return self(input_ids, attention_mask).pooler_output
+            return self.kmer_bag(input_ids, attention_mask, position_ids)
+        return self(input_ids, attention_mask, position_ids).pooler_output
 
-    def kmer_bag(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(batch, hidden)``: the mean token embedding over every overlapping ACGT k-mer (zeros when none)."""
-        ids, mask = overlapping_kmers(input_ids, attention_mask, self.config)
+    def kmer_bag(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, position_ids: torch.LongTensor | None = None
+    ) -> torch.Tensor:
+        """``(batch, hidden)``: the mean token embedding over every overlapping ACGT k-mer (zeros when none; with
+        ``position_ids``, none across a deletion)."""
+        ids, mask = overlapping_kmers(input_ids, attention_mask, self.config, position_ids)
         weight = self.token_embeddings.weight
         summed = F.embedding_bag(ids, weight, mode="sum", per_sample_weights=mask.to(weight.dtype))
         return summed / mask.sum(1, keepdim=True).clamp(min=1).to(weight.dtype)  # (no (batch, k*length, hidden) copy)
@@ -384,7 +400,7 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
         """Mean of the pooled embeddings of the given frame and of ``count - 1`` shifted ones."""
         frames = [pooled]
         for shift in range(1, count):
-            ids, mask = shift_frame(input_ids, attention_mask, shift, self.config)
+            ids, mask = shift_frame(input_ids, attention_mask, shift, self.config, position_ids)
             hidden, _ = self._encode(ids, mask, position_ids[:, :-1])
             frames.append(torch.where(mask.any(1, keepdim=True), masked_mean(hidden, mask), pooled))
         return torch.stack(frames).mean(0)
