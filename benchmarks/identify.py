@@ -31,13 +31,37 @@ half of species absent from the reference), the shipped model:
 
 Run: ``python -m benchmarks.identify --threads 2 --scale 10000 100000 1000000 --queries 1000 --repeats 1``
 (writes ``results/identify_scale.json`` unless ``--output``, and the plot ``--plot``).
+
+**Real data** (``--data BARCODES.tsv.gz``): the val protocol's rows (`barcodemae.evaluation.prepare_protocol`, each
+partition de-duplicated on the cleaned barcode): every unique ``train`` barcode is the reference (a TSV with its
+genus and species), the unique ``val_unseen`` and ``val`` barcodes are the queries (one FASTA). Whole commands,
+each a subprocess:
+
+* ours: ``barcodemae identify --reference train.tsv --save-index INDEX`` once (its seconds reported apart, not in the
+  per-query rate; ``--search auto``), then ``barcodemae identify queries.fasta --index INDEX -o OUT.tsv`` (Python
+  start, model and index loading, query embedding, search, TSV), and the same with ``--rerank align`` when edlib is
+  installed, all with ``--threads``;
+* vsearch: ``vsearch --usearch_global --id 0.5 --threads`` through `barcodemae.baselines.vsearch_genus_1nn` (it
+  indexes the references on every run; writing its two FASTA files is included);
+
+timed in interleaved rounds (``--warmup`` untimed, ``--repeats`` timed, medians); queries/s of each and the ratio
+ours / vsearch. Accuracy of the last round's calls (`barcodemae.evaluation.identification_score`, bootstrap 95%
+intervals): genus of the ``val_unseen`` queries per species and micro (as the val protocol scores it), species of
+the ``val`` queries, and the paired difference ours minus vsearch.
+
+Run: ``python -m benchmarks.identify --data ../shared/data/barcodes.tsv.gz --threads 2`` (writes
+``results/identify_real.json`` unless ``--output``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,7 +73,8 @@ import torch
 
 from barcodemae.baselines import vsearch_genus_1nn
 from barcodemae.embedding import DEFAULT_MODEL, Embedder, load_encoder
-from barcodemae.identify import ReferenceIndex, build_index, identify_file, read_predictions
+from barcodemae.evaluation import Partition, identification_score, load_records, paired_difference, prepare_protocol
+from barcodemae.identify import INDEX_FILE, ReferenceIndex, build_index, identify_file, read_predictions
 from barcodemae.search import AnnIndex, CosineIndex
 from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
 from benchmarks.common import (
@@ -61,6 +86,7 @@ from benchmarks.common import (
     peak_memory_mb,
     report,
     setup,
+    speed_ratio,
     summarize,
     time_interleaved,
 )
@@ -102,10 +128,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--scale", type=int, nargs="+", help="reference sizes for the scale benchmark")
     parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "identify_scale.png")
+    parser.add_argument("--data", type=Path, help="real barcodes (table with a split column): the real-data mode")
     parser.set_defaults(repeats=3)
     args = parser.parse_args(argv)
-    if args.scale and args.output == RESULTS_DIR / "identify.json":
-        args.output = RESULTS_DIR / "identify_scale.json"
+    if args.scale and args.data:
+        parser.error("--scale and --data are separate modes")
+    if args.output == RESULTS_DIR / "identify.json":
+        args.output = RESULTS_DIR / (
+            "identify_scale.json" if args.scale else "identify_real.json" if args.data else "identify.json"
+        )
     return args
 
 
@@ -113,6 +144,8 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.scale:
         return scale_main(args)
+    if args.data:
+        return data_main(args)
     device = setup(args)
     machine = machine_info(device)
     if shutil.which("vsearch") is None:
@@ -324,6 +357,211 @@ def scale_main(args: argparse.Namespace) -> dict[str, Any]:
     columns += ["ann_queries_per_s", "ann_recall_at_1"]
     tables = {f"identify at scale ({args.queries} queries, plot {args.plot.name})": format_table(points, columns)}
     return report(args, machine, {"points": points, "plot": str(args.plot)}, tables)
+
+
+# ------------------------------------------------------------------------------------------- real data
+OURS = "barcodemae identify --index (whole command)"
+RERANK = "barcodemae identify --index --rerank align (whole command)"
+VSEARCH = "vsearch --usearch_global --id 0.5 (whole command)"
+Calls = dict[str, tuple[str | None, str | None]]  # query id -> (predicted genus, predicted species)
+
+
+def partition_records(partition: Partition) -> list[dict[str, Any]]:
+    """One record per unique barcode of ``partition``: id ``NAME-ROW`` (unique across partitions), the protocol's
+    labels (None where missing)."""
+    rows = zip(partition.sequences, partition.genus, partition.species)
+    return [
+        {"processid": f"{partition.name}-{row}", "dna_barcode": sequence, "genus": genus, "species": species}
+        for row, (sequence, genus, species) in enumerate(rows)
+    ]
+
+
+def real_split(data: Path) -> tuple[list[dict], dict[str, list[dict]], str]:
+    """``(train references, {"val_unseen": ..., "val": ...} queries, protocol description)``."""
+    protocol = prepare_protocol(load_records(data)[0], seen_split="val", unseen_split="val_unseen")
+    queries = {"val_unseen": partition_records(protocol.unseen), "val": partition_records(protocol.test)}
+    return partition_records(protocol.train), queries, protocol.description
+
+
+def identify_command(*arguments: str, threads: int) -> list[str]:
+    """A ``barcodemae identify`` command line, run by this Python."""
+    return [sys.executable, "-m", "barcodemae.cli", "identify", *arguments, "--threads", str(threads), "--quiet"]
+
+
+def run_command(command: list[str]) -> None:
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}): {completed.stderr.strip()[-2000:]}")
+
+
+def build_saved_index(args, reference_file: Path, model_path: Path, folder: Path) -> dict[str, Any]:
+    """Build and save the reference index with the whole command, once: its seconds, search method and size."""
+    command = ["--reference", str(reference_file), "--save-index", str(folder), "--model", str(model_path)]
+    start = time.perf_counter()
+    run_command(identify_command(*command, threads=args.threads))
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "search": json.loads((folder / INDEX_FILE).read_text())["search"],
+        "folder_mb": sum(f.stat().st_size for f in folder.iterdir()) / 2**20,
+    }
+
+
+def identify_cases(args, query_file: Path, index: Path, scratch: Path) -> dict[str, tuple[list[str], Path]]:
+    """Our timed commands and the predictions file each writes (``--rerank align`` only with edlib installed)."""
+    variants = {OURS: []} | ({RERANK: ["--rerank", "align"]} if importlib.util.find_spec("edlib") else {})
+    out = {}
+    for number, (name, extra) in enumerate(variants.items()):
+        output = scratch / f"predictions-{number}.tsv"
+        arguments = [str(query_file), "--index", str(index), "-o", str(output), *extra]
+        out[name] = (identify_command(*arguments, threads=args.threads), output)
+    return out
+
+
+def file_calls(path: Path) -> Calls:
+    return {row["query_id"]: (row["predicted_genus"], row["predicted_species"]) for row in read_predictions(path)}
+
+
+def vsearch_calls(hits: list, queries: list[dict], reference: list[dict]) -> Calls:
+    """vsearch's top hit (a reference row, or None) as each query's genus and species."""
+    labels = [(None, None) if hit is None else (reference[hit]["genus"], reference[hit]["species"]) for hit in hits]
+    return {query["processid"]: label for query, label in zip(queries, labels)}
+
+
+def predicted(calls: Calls, records: list[dict], rank: int) -> list[str | None]:
+    return [calls.get(record["processid"], (None, None))[rank] for record in records]
+
+
+def scored(calls: Calls, queries: dict[str, list[dict]]) -> dict[str, Any]:
+    """Genus of the ``val_unseen`` queries (grouped by their species) and species of the ``val`` queries."""
+    unseen = queries["val_unseen"]
+    seen = [record for record in queries["val"] if record["species"] is not None]
+    unseen_species = [r["species"] for r in unseen]
+    genus = identification_score(predicted(calls, unseen, 0), [r["genus"] for r in unseen], unseen_species)
+    seen_species = [r["species"] for r in seen]
+    species = identification_score(predicted(calls, seen, 1), seen_species, seen_species)
+    missing = sum(record["processid"] not in calls for part in queries.values() for record in part)
+    return {"val_unseen_genus": genus.as_dict(), "val_species": species.as_dict(), "queries_without_a_row": missing}
+
+
+def paired_genus(calls: Calls, baseline: Calls, unseen: list[dict]) -> dict[str, Any]:
+    """Genus accuracy on ``val_unseen`` of ``calls`` minus ``baseline``, paired bootstrap intervals."""
+    truth, species = [r["genus"] for r in unseen], [r["species"] for r in unseen]
+    return paired_difference(predicted(calls, unseen, 0), predicted(baseline, unseen, 0), truth, species)
+
+
+def time_commands(args, commands: dict, reference: list[dict], queries: list[dict], device) -> tuple[dict, dict]:
+    """Interleaved timing of our commands and vsearch; ``(seconds per case, calls of the last round per case)``."""
+    hits: list = []
+    reference_seqs = [r["dna_barcode"] for r in reference]
+    query_seqs = [r["dna_barcode"] for r in queries]
+    cases = {name: (lambda command=command: run_command(command)) for name, (command, _) in commands.items()}
+    cases[VSEARCH] = lambda: hits.append(
+        vsearch_genus_1nn(query_seqs, reference_seqs, list(range(len(reference))), threads=args.threads)
+    )
+    times = time_interleaved(cases, args.repeats, args.warmup, device)
+    calls = {name: file_calls(output) for name, (_, output) in commands.items()}
+    calls[VSEARCH] = vsearch_calls(hits[-1], queries, reference)
+    return times, calls
+
+
+def data_payload(times: dict, calls: dict, queries: dict[str, list[dict]], build: dict[str, Any]) -> dict[str, Any]:
+    """Rates, ratios against vsearch, accuracy, paired differences and the issue's target."""
+    n_queries = sum(len(part) for part in queries.values())
+    cases = {name: summarize(values, n_queries) for name, values in times.items()}
+    ours = [name for name in times if name != VSEARCH]
+    accuracy = {name: scored(case_calls, queries) for name, case_calls in calls.items()}
+    ratio = speed_ratio(times, OURS, VSEARCH)["ratio_of_medians"]
+    ours_genus, vsearch_genus = (accuracy[name]["val_unseen_genus"]["per_species"] for name in (OURS, VSEARCH))
+    return {
+        "cases": cases,
+        "ratios": {f"{name} / vsearch": speed_ratio(times, name, VSEARCH) for name in ours},
+        "end_to_end_ratio": cases[VSEARCH]["median_s"] / (build["seconds"] + cases[OURS]["median_s"]),
+        "accuracy": accuracy,
+        "paired_genus_minus_vsearch": {
+            name: paired_genus(calls[name], calls[VSEARCH], queries["val_unseen"]) for name in ours
+        },
+        "target": {
+            "queries_per_s_ratio": ratio,
+            "per_species_genus_ours": ours_genus,
+            "per_species_genus_vsearch": vsearch_genus,
+            "met": bool(ratio >= 1 and ours_genus >= vsearch_genus),
+        },
+    }
+
+
+def interval_cell(score: dict[str, Any], key: str) -> str:
+    low, high = score[f"{key}_interval"]
+    return f"{score[key]:.2f} [{low:.1f}, {high:.1f}]"
+
+
+def data_tables(payload: dict[str, Any], build: dict[str, Any], title: str) -> dict[str, str]:
+    speed = [
+        {
+            "method": name,
+            "queries/s": case["per_s"],
+            "median s": case["median_s"],
+            "x vsearch": payload["ratios"].get(f"{name} / vsearch", {}).get("ratio_of_medians"),
+        }
+        for name, case in payload["cases"].items()
+    ]
+    speed.append(
+        {"method": f"barcodemae identify --save-index (once, {build['search']} search)", "median s": build["seconds"]}
+    )
+    accuracy = [
+        {
+            "method": name,
+            "val_unseen genus per species": interval_cell(score["val_unseen_genus"], "per_species"),
+            "micro": interval_cell(score["val_unseen_genus"], "micro"),
+            "val species per species": interval_cell(score["val_species"], "per_species"),
+            "val species micro": interval_cell(score["val_species"], "micro"),
+        }
+        for name, score in payload["accuracy"].items()
+    ]
+    columns = ["method", "val_unseen genus per species", "micro", "val species per species", "val species micro"]
+    return {
+        title: format_table(speed, ["method", "queries/s", "median s", "x vsearch"]),
+        "accuracy (bootstrap 95% intervals)": format_table(accuracy, columns),
+        "target (issue 14)": format_table(
+            [{"measure": k, "value": v} for k, v in payload["target"].items()], ["measure", "value"]
+        ),
+    }
+
+
+def data_main(args: argparse.Namespace) -> dict[str, Any]:
+    device = setup(args)
+    machine = machine_info(device)
+    if shutil.which("vsearch") is None:
+        raise SystemExit("vsearch is not installed (apt-get install vsearch)")
+    reference, queries, description = real_split(args.data)
+    every_query = [record for part in queries.values() for record in part]
+    with tempfile.TemporaryDirectory(prefix="barcodemae-real-") as tmp:
+        scratch = Path(tmp)
+        model_path, model_description = model_folder(args, scratch)
+        reference_file = write_tsv(reference, scratch / "train.tsv", split_column=False)
+        query_file = write_fasta(
+            [{"processid": r["processid"], "dna_barcode": r["dna_barcode"]} for r in every_query],
+            scratch / "queries.fasta",
+        )
+        build = build_saved_index(args, reference_file, model_path, scratch / "index")
+        commands = identify_cases(args, query_file, scratch / "index", scratch)
+        times, calls = time_commands(args, commands, reference, every_query, device)
+    build["references_per_s"] = len(reference) / build["seconds"]
+    payload = {
+        "model": model_description,
+        "data": {
+            "source": str(args.data),
+            "references": len(reference),
+            "queries": {name: len(part) for name, part in queries.items()},
+            "protocol": description,
+        },
+        "reference_index": build,
+        **data_payload(times, calls, queries, build),
+    }
+    title = (
+        f"identify on real data: {len(reference)} train references, {len(every_query)} queries ({model_description})"
+    )
+    return report(args, machine, payload, data_tables(payload, build, title))
 
 
 if __name__ == "__main__":

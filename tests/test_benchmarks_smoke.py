@@ -5,6 +5,7 @@ No timing is asserted (speed is measured by the scripts themselves, see benchmar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -84,3 +85,29 @@ def test_identify_scale(tmp_path):
     assert [point["references"] for point in result["points"]] == [300, 600]
     assert all(point["ours/vsearch"] > 0 and 0 <= point["ann_recall_at_1"] <= 1 for point in result["points"])
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(shutil.which("vsearch") is None, reason="vsearch not installed")
+def test_identify_real_data_mode(tmp_path):
+    from barcodemae.simulate import simulate_barcodes, write_tsv
+
+    records = simulate_barcodes(1, 1, 2, 3, 4, seed=1)  # 2 genera x 3 species x 4 specimens
+    for i, record in enumerate(records):  # species 3 of each genus unseen; one specimen of the others in val
+        record["split"] = "val_unseen" if i % 12 >= 8 else "val" if i % 4 == 3 else "train"
+    data = write_tsv(records, tmp_path / "barcodes.tsv")
+    result = run(identify, tmp_path, "--data", str(data), "--warmup", "0")
+    assert 0 < result["data"]["references"] <= 12  # unique barcodes
+    assert result["data"]["queries"] == {"val_unseen": 8, "val": 4}
+    rerank = {identify.RERANK} if importlib.util.find_spec("edlib") else set()
+    assert set(result["cases"]) == {identify.OURS, identify.VSEARCH, *rerank}
+    for score in result["accuracy"].values():
+        assert score["queries_without_a_row"] == 0
+        assert score["val_unseen_genus"]["n_queries"] == 8 and score["val_species"]["n_queries"] == 4
+    assert result["accuracy"][identify.VSEARCH]["val_species"]["micro"] == 100.0  # near-identical specimens
+    cases, target = result["cases"], result["target"]
+    assert target["queries_per_s_ratio"] == pytest.approx(
+        cases[identify.OURS]["per_s"] / cases[identify.VSEARCH]["per_s"]
+    )
+    assert (
+        target["per_species_genus_vsearch"] == result["accuracy"][identify.VSEARCH]["val_unseen_genus"]["per_species"]
+    )
