@@ -93,5 +93,7 @@ def test_evaluate_calls_run_evaluation(tmp_path, capsys, monkeypatch):
             "max_seen_rows": None,
             "max_unseen_rows": None,
             "robustness_queries": 2000,
+            "cache_dir": ".cache/embeddings",
+            "workers": 1,
         }
     ]
