@@ -30,9 +30,12 @@ from barcodemae.plots import plot_flop_curves
 from barcodemae.search import nearest_neighbors
 
 
-def checkpoints(run: Path, every: int) -> list[Path]:
-    """Every ``every``-th checkpoint of a run, always including the last."""
+def checkpoints(run: Path, every: int, at_tflop: list[float] | None = None) -> list[Path]:
+    """Every ``every``-th checkpoint of a run, always including the last; with ``at_tflop``, instead the checkpoint
+    nearest each of those training FLOPs (a point every recipe has, for an equal-FLOP comparison)."""
     found = sorted(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    if at_tflop:
+        return sorted({min(found, key=lambda path: abs(training_tflop(path) - target)) for target in at_tflop})
     return [path for i, path in enumerate(found, start=1) if i % every == 0 or i == len(found)]
 
 
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="folders runs/eqflop-BUDGET-RECIPE")
     parser.add_argument("--every", type=int, default=4, help="score every N-th checkpoint (and the last)")
+    parser.add_argument("--at-tflop", nargs="+", type=float, help="score the checkpoints nearest these TFLOP instead")
     parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"])
     parser.add_argument("--species-probe", action="store_true", help="also the species probe at each run's last point")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
@@ -77,7 +81,7 @@ def main() -> None:
     results = json.loads(args.output.read_text()) if args.output.exists() else {}
     for run in args.runs:
         points = results.setdefault(run.name, {})
-        chosen = checkpoints(run, args.every)
+        chosen = checkpoints(run, args.every, args.at_tflop)
         for checkpoint in chosen:
             embedder = Embedder.from_pretrained(checkpoint)
             step = checkpoint.name.split("-")[1]

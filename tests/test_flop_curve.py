@@ -26,6 +26,11 @@ def test_every_nth_checkpoint_in_step_order_and_always_the_last(tmp_path):
     assert [path.name for path in checkpoints(run, 3)] == ["checkpoint-300", "checkpoint-1100", "checkpoint-1200"]
 
 
+def test_checkpoints_nearest_given_training_flops(tmp_path):
+    run = make_run(tmp_path, [100, 200, 300, 400], batch=64)  # 15.6 TFLOP a checkpoint
+    assert [path.name for path in checkpoints(run, 1, [30.0, 60.0, 61.0])] == ["checkpoint-200", "checkpoint-400"]
+
+
 def test_training_flops_scale_with_steps_and_batch(tmp_path):
     run = make_run(tmp_path, [250], batch=128)
     assert abs(training_tflop(run / "checkpoint-250") - 250 * 0.156 * 2) < 1e-9
