@@ -12,6 +12,7 @@ keeps embeddings of fixed sets (evaluation protocols) on disk, keyed by the mode
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -55,6 +56,12 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def code_fingerprint(model) -> str:
+    """8 hex digits of SHA-256 over the source file of the model's class: the code that turns ids into vectors."""
+    source = Path(inspect.getsourcefile(type(model)) or "")
+    return hashlib.sha256(source.read_bytes() if source.is_file() else b"").hexdigest()[:8]
+
+
 def sequences_fingerprint(sequences: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for sequence in sequences:
@@ -65,12 +72,14 @@ def sequences_fingerprint(sequences: Sequence[str]) -> str:
 def cached_embeddings(
     embedder: Embedder, sequences: Sequence[str], cache_dir: str | os.PathLike | None, **corruption: float
 ) -> np.ndarray:
-    """``embedder(sequences, **corruption)``, read from / written to ``cache_dir/<model>-<sequences><settings>.npy``
-    when a cache is given: keyed by the model's weights and config, the exact sequences and :func:`settings_key`
-    (bf16, and the corruption of corrupted inputs). Clear the cache when readout code changes."""
+    """``embedder(sequences, **corruption)``, read from / written to
+    ``cache_dir/<model>-<code>-<sequences><settings>.npy`` when a cache is given: keyed by the model's weights and
+    config, its modeling code (:func:`code_fingerprint`), the exact sequences and :func:`settings_key` (bf16, and
+    the corruption of corrupted inputs)."""
     if cache_dir is None:
         return embedder(sequences, progress=True, **corruption)
-    name = f"{model_fingerprint(embedder.model)}-{sequences_fingerprint(sequences)}{settings_key(embedder, corruption)}"
+    model = f"{model_fingerprint(embedder.model)}-{code_fingerprint(embedder.model)}"
+    name = f"{model}-{sequences_fingerprint(sequences)}{settings_key(embedder, corruption)}"
     path = Path(cache_dir) / f"{name}.npy"
     if path.exists():
         return np.load(path)

@@ -1,12 +1,15 @@
 """Model core: masking invariants, padding invariance, objectives, heads, dtypes."""
 
+import hashlib
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_config
 
+import modeling_barcodemae
 from configuration_barcodemae import BarcodeMAEConfig
 from modeling_barcodemae import (
     BarcodeMAEForPreTraining,
@@ -386,8 +389,8 @@ def test_embedder_kmer_bag_fast_path_equals_the_model_pooler_output(batch):
     np.testing.assert_allclose(embedder(SEQUENCES), expected, atol=1e-6)
 
 
-def test_cached_embeddings_are_keyed_by_weights_and_sequences(tmp_path, monkeypatch):
-    from barcodemae.embedding import Embedder, cached_embeddings
+def test_cached_embeddings_are_keyed_by_weights_code_and_sequences(tmp_path, monkeypatch):
+    from barcodemae.embedding import Embedder, cached_embeddings, code_fingerprint
 
     torch.manual_seed(0)
     model = BarcodeMAEModel(tiny_config()).eval()
@@ -402,6 +405,8 @@ def test_cached_embeddings_are_keyed_by_weights_and_sequences(tmp_path, monkeypa
     assert not np.allclose(cached_embeddings(embedder, SEQUENCES, tmp_path), first)
     cached_embeddings(embedder, SEQUENCES[:2], tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 3
+    code = hashlib.sha256(Path(modeling_barcodemae.__file__).read_bytes()).hexdigest()[:8]
+    assert code_fingerprint(model) == code and all(code in path.name for path in tmp_path.glob("*.npy"))
 
 
 @pytest.mark.parametrize("objective", ["mae", "mlm"])
