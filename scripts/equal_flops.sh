@@ -36,7 +36,7 @@ mkdir -p "$out"
 printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s}\n' \
   "$name" "$budget" "$tflop" "$batch" "$steps" > "$out/budget.json"
 resume=()
-last=$(ls -d "$out"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1 || true)
+last=$(ls -d "$out"/checkpoint-* 2>/dev/null | sort -V | tail -1 || true)
 [ -n "$last" ] && resume=(--resume_from_checkpoint "$last")
 OMP_NUM_THREADS=${THREADS:-1} HF_HUB_OFFLINE=1 exec "${PYTHON:-.venv/bin/python}" train.py \
   --data_file "${DATA:-../shared/data/barcodes.tsv.gz}" --preset "$preset" --embedding_frames 1 \
