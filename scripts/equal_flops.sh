@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Issue 13: MAE vs MLM pretraining at equal training FLOPs, resumable across sessions.
-#   bash scripts/equal_flops.sh NAME [PFLOP]   (NAME: mlm | mae-light | mae-shipped | paper-mlm | paper-mae;
+#   bash scripts/equal_flops.sh NAME [PFLOP]   (NAME: mlm | mae-light | mae-light-vis | mae-big | mae-shipped |
+#                                               paper-mlm | paper-mae;
 #                                               PFLOP: budget, default 0.25)
 # On the CPU run it in the background with nohup; run it again to continue from the last checkpoint.
 # Training FLOPs per step of 64 barcodes, counted by torch.utils.flop_counter in benchmarks/pretrain_step.py
-# (benchmarks/results/pretrain_step.json, small preset, mask 0.5): MLM 0.156 TFLOP, MAE with the light 2 x 128
-# decoder 0.0947, MAE as the small preset ships (decoder as large as the encoder, visible-token loss) 0.243; at the
+# (benchmarks/results/pretrain_step.json, small preset, mask 0.5): MLM 0.156 TFLOP; MAE with the light 2 x 128
+# decoder 0.0947 (with the visible-token loss: 0.106); MAE with a decoder as large as the encoder, the paper's recipe
+# (masked-token loss only) 0.221; MAE as the small preset ships (that decoder and the visible-token loss) 0.243; at the
 # paper's size (configs/paper.json, encoder and decoder 6 x 6 x 768; pretrain_step_h200.json at batch 256 / 4)
 # MLM 1.92, MAE 2.82.
 # max_steps = budget / (FLOP per step at BATCH); warm-up is 5% of it and the cosine schedule anneals to 0 at
@@ -22,6 +24,9 @@ case $name in
   mlm) tflop=0.156; extra=(--objective mlm) ;;
   mae-light) tflop=0.0947; extra=(--objective mae --decoder_hidden_size 128 --decoder_num_hidden_layers 2
     --decoder_num_attention_heads 4 --decoder_intermediate_size 512 --visible_loss_weight 0) ;;
+  mae-light-vis) tflop=0.106; extra=(--objective mae --decoder_hidden_size 128 --decoder_num_hidden_layers 2
+    --decoder_num_attention_heads 4 --decoder_intermediate_size 512 --visible_loss_weight 1) ;;
+  mae-big) tflop=0.221; extra=(--objective mae --visible_loss_weight 0) ;;
   mae-shipped) tflop=0.243; extra=(--objective mae) ;;
   paper-mlm) tflop=1.92; preset=paper; extra=(--objective mlm) ;;
   paper-mae) tflop=2.82; preset=paper; extra=(--objective mae) ;;
