@@ -3,7 +3,8 @@
 Thin layer: parse the arguments, call ``barcodemae.identify`` / ``barcodemae.hub`` / ``barcodemae.evaluation``,
 report. Errors in the input or output (``DataError``, missing files, bad values) print one line
 ``barcodemae: error: ...`` on stderr and exit with status 2, without a traceback; outputs are written atomically,
-so nothing half-written is left behind. Progress bars and cleaning reports go to stderr.
+so nothing half-written is left behind. Progress bars and cleaning reports go to stderr. torch and transformers are
+imported inside the commands, so ``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from barcodemae import __version__
-from barcodemae.data import DataError
 
 EPILOG = "Inputs: FASTA (.fasta .fa .fas .fna .ffn) or BIOSCAN-style tables (.tsv .txt .csv), optionally .gz."
 
@@ -338,7 +338,7 @@ def _finetune(argv: list[str]) -> int:
         argv = ["--help"]
     try:
         run_finetune(argv)
-    except (DataError, OSError, ValueError) as error:
+    except (OSError, ValueError) as error:  # DataError is a ValueError
         print(f"barcodemae finetune: error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (DataError, OSError, ValueError) as error:
+    except (OSError, ValueError) as error:  # DataError is a ValueError
         print(f"barcodemae: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -97,3 +97,10 @@ def test_evaluate_calls_run_evaluation(tmp_path, capsys, monkeypatch):
             "workers": 1,
         }
     ]
+
+
+def test_help_does_not_import_torch():
+    """``barcodemae --help`` and usage errors answer without loading torch or transformers (seconds on a CPU)."""
+    code = "import sys; from barcodemae import cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
