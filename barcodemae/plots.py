@@ -132,20 +132,25 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path) ->
 
 
 def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Path:
-    """Genus 1-NN per species (95% interval bars) against training FLOPs, one line per (run, readout); ``runs`` is
-    ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi]}}}}``."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, points in runs.items():
-        steps = sorted(points, key=int)
-        readouts = sorted({key for step in steps for key in points[step] if key != "training_tflop"})
-        for readout in readouts:
-            scored = [points[step] for step in steps if readout in points[step]]
+    """Genus 1-NN per species (95% interval bars) against training FLOPs: one panel per readout, one line per run.
+    ``runs``: ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi]}}}}``.
+    """
+    readouts = sorted(
+        {key for points in runs.values() for point in points.values() for key in point} - {"training_tflop"}
+    )
+    fig, axes = plt.subplots(1, len(readouts), figsize=(6 * len(readouts), 4.5), squeeze=False)
+    for ax, readout in zip(axes[0], readouts):
+        for run, points in runs.items():
+            scored = [points[step] for step in sorted(points, key=int) if readout in points[step]]
+            if not scored:
+                continue
             x = [point["training_tflop"] for point in scored]
             y = np.array([point[readout]["per_species"] for point in scored])
             low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
-            ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=f"{run} ({readout})")
-    ax.set_xlabel("training TFLOP")
-    ax.set_ylabel("val_unseen genus 1-NN, per species (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+            ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=run)
+        ax.set_title(f"readout: {readout}")
+        ax.set_xlabel("training TFLOP")
+        ax.set_ylabel("val_unseen genus 1-NN, per species (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return _save(fig, path)

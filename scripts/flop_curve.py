@@ -1,6 +1,7 @@
 """Issue 13's curves: the val protocol's genus 1-NN (per species and micro, bootstrap intervals) and the effective
 rank of the frozen encoder along equal-FLOP pretraining runs (scripts/equal_flops.sh), one point per checkpoint, with
 the training FLOPs it had. Embeddings are cached as in scripts/val_protocol.py, so re-running adds only new points.
+``--paired`` adds each MAE point's difference from the same budget's MLM at matching FLOPs (paired bootstrap).
 
 python scripts/flop_curve.py --data ../shared/data/barcodes.tsv.gz --runs runs/eqflop-0.25-mlm \
     runs/eqflop-0.25-mae-light --every 4 --readout mean kmer_bag --output results/equal-flops.json
@@ -13,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from val_protocol import readout_embeddings
 
 from barcodemae.embedding import Embedder
@@ -23,6 +25,7 @@ from barcodemae.evaluation import (
     identification_score,
     linear_probe,
     load_records,
+    paired_difference,
     prepare_protocol,
 )
 from barcodemae.io import atomic_text
@@ -47,13 +50,22 @@ def training_tflop(checkpoint: Path) -> float:
     return step * budget["tflop_per_step_at_batch_64"] * budget["batch"] / 64
 
 
+def genus_predictions(
+    embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str
+) -> tuple[list, np.ndarray, np.ndarray]:
+    """The genus of each unseen query's nearest reference, with the reference and query embeddings (cached)."""
+    refs, queries = protocol.train, protocol.unseen
+    ref_emb, query_emb = (readout_embeddings(embedder, readout, p.sequences, cache_dir) for p in (refs, queries))
+    nearest, _ = nearest_neighbors(query_emb, ref_emb)
+    return [refs.genus[i] for i in nearest[:, 0]], ref_emb, query_emb
+
+
 def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, species_probe: bool) -> dict:
     """Genus 1-NN of the unseen queries (per species, micro, intervals), the queries' effective rank and, with
     ``species_probe``, the species linear probe (train -> val) and the harmonic means with the genus numbers."""
     refs, queries, val = protocol.train, protocol.unseen, protocol.test
-    ref_emb, query_emb = (readout_embeddings(embedder, readout, p.sequences, cache_dir) for p in (refs, queries))
-    nearest, _ = nearest_neighbors(query_emb, ref_emb)
-    genus = identification_score([refs.genus[i] for i in nearest[:, 0]], queries.genus, queries.species)
+    predicted, ref_emb, query_emb = genus_predictions(embedder, readout, protocol, cache_dir)
+    genus = identification_score(predicted, queries.genus, queries.species)
     result = {**genus.as_dict(), "effective_rank": effective_rank(query_emb)}
     if species_probe:
         val_emb = readout_embeddings(embedder, readout, val.sequences, cache_dir)
@@ -64,6 +76,36 @@ def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, 
     return result
 
 
+def baseline_run(run: Path) -> Path:
+    """The MLM run of the same budget (``runs/eqflop-BUDGET-mlm``), the baseline of the paired differences."""
+    budget = json.loads((run / "budget.json").read_text())["budget_pflop"]
+    return run.parent / f"eqflop-{budget:g}-mlm"
+
+
+def paired_against_mlm(
+    run: Path, points: dict, results: dict, readout: str, protocol: Protocol, cache_dir: str
+) -> None:
+    """For each scored point of a non-MLM run, genus 1-NN minus the MLM's at the nearest scored training FLOPs
+    (within 10%), per species and micro with paired bootstrap intervals, stored as ``minus_mlm``."""
+    baseline = baseline_run(run)
+    scored = {step: point for step, point in results.get(baseline.name, {}).items() if readout in point}
+    if baseline == run or not scored:
+        return
+    for step, point in points.items():
+        if readout not in point:
+            continue
+        tflop = point["training_tflop"]
+        mlm_step = min(scored, key=lambda other: abs(scored[other]["training_tflop"] - tflop))
+        if abs(scored[mlm_step]["training_tflop"] - tflop) > 0.1 * tflop:
+            continue
+        ours, *_ = genus_predictions(Embedder.from_pretrained(run / f"checkpoint-{step}"), readout, protocol, cache_dir)
+        mlm = Embedder.from_pretrained(baseline / f"checkpoint-{mlm_step}")
+        theirs, *_ = genus_predictions(mlm, readout, protocol, cache_dir)
+        difference = paired_difference(ours, theirs, protocol.unseen.genus, protocol.unseen.species)
+        point[readout]["minus_mlm"] = {"mlm_step": int(mlm_step), **difference}
+        print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -72,6 +114,7 @@ def main() -> None:
     parser.add_argument("--at-tflop", nargs="+", type=float, help="score the checkpoints nearest these TFLOP instead")
     parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"])
     parser.add_argument("--species-probe", action="store_true", help="also the species probe at each run's last point")
+    parser.add_argument("--paired", action="store_true", help="paired differences against the same budget's MLM run")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", type=Path, default=Path("results/equal-flops.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/equal-flops.png"))
@@ -99,6 +142,12 @@ def main() -> None:
             results["protocol"] = protocol.description
             with atomic_text(args.output) as handle:
                 handle.write(json.dumps(results, indent=2) + "\n")
+    if args.paired:
+        for run in args.runs:
+            for readout in args.readout:
+                paired_against_mlm(run, results[run.name], results, readout, protocol, args.cache_dir)
+        with atomic_text(args.output) as handle:
+            handle.write(json.dumps(results, indent=2) + "\n")
     plot_flop_curves({name: points for name, points in results.items() if name != "protocol"}, args.plot)
 
 

@@ -41,3 +41,28 @@ def test_flop_curve_plot(tmp_path):
     runs = {"eqflop-0.25-mlm": {"100": {"training_tflop": 15.6, "mean": point}, "200": {"training_tflop": 31.2}}}
     path = plot_flop_curves(runs, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path, monkeypatch):
+    """Each MAE point is compared with the same budget's MLM checkpoint nearest in FLOPs (within 10%), on the same
+    queries: here the MAE is right on one query more than the MLM."""
+    import flop_curve
+
+    mlm = make_run(tmp_path, [100, 200])
+    (mlm / "budget.json").write_text(json.dumps({"budget_pflop": 0.25}))
+    mae = tmp_path / "eqflop-0.25-mae-light"
+    mae.mkdir()
+    (mae / "budget.json").write_text(json.dumps({"budget_pflop": 0.25}))
+    truth, species = ["a", "a", "b", "b"], ["s1", "s1", "s2", "s3"]
+    predictions = {"eqflop-0.25-mlm": ["a", "x", "b", "x"], "eqflop-0.25-mae-light": ["a", "a", "b", "x"]}
+    monkeypatch.setattr(flop_curve.Embedder, "from_pretrained", staticmethod(lambda path: Path(path).parent.name))
+    monkeypatch.setattr(flop_curve, "genus_predictions", lambda run, *args: (predictions[run], None, None))
+    unseen = type("Partition", (), {"genus": truth, "species": species})
+    protocol = type("Protocol", (), {"unseen": unseen})()
+    results = {mlm.name: {"100": {"training_tflop": 15.6, "mean": {}}, "200": {"training_tflop": 31.2, "mean": {}}}}
+    points = {"330": {"training_tflop": 31.3, "mean": {}}, "900": {"training_tflop": 90.0, "mean": {}}}
+    flop_curve.paired_against_mlm(mae, points, results, "mean", protocol, "unused")
+    assert points["330"]["mean"]["minus_mlm"]["mlm_step"] == 200
+    assert points["330"]["mean"]["minus_mlm"]["micro"] == 25.0
+    assert points["330"]["mean"]["minus_mlm"]["per_species"] == round(100 * 0.5 / 3, 2)
+    assert "minus_mlm" not in points["900"]["mean"]  # no MLM point within 10% of its FLOPs
