@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="new folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
     export.add_argument("--embedding-frames", type=int, help="reading frames pooled into the embedding (1..k)")
+    export.add_argument("--readout", help="the embedding: mean, kmer_bag or mean+kmer_bag (see BarcodeMAEConfig)")
     _add_card_options(export)
     export.set_defaults(handler=_export)
 
@@ -296,6 +297,7 @@ def _export(args: argparse.Namespace) -> None:
         args.out,
         overwrite=args.overwrite,
         embedding_frames=args.embedding_frames,
+        readout=args.readout,
         **_card_kwargs(args),
     )
     print(f"wrote {out} (loads as {check_loadable(out)})", file=sys.stderr)

@@ -124,9 +124,10 @@ def export_checkpoint(
     repo_id: str | None = None,
     overwrite: bool = False,
     embedding_frames: int | None = None,
+    readout: str | None = None,
 ) -> Path:
     """Write the encoder-only Hub folder of ``checkpoint`` (a pretraining checkpoint, or an encoder-only folder)
-    plus ``README.md`` to ``out_dir``; returns it. ``embedding_frames`` sets the exported readout (see
+    plus ``README.md`` to ``out_dir``; returns it. ``embedding_frames`` and ``readout`` set the exported readout (see
     `BarcodeMAEConfig`)."""
     source = find_checkpoint(checkpoint)
     if _architectures(source) == ["BarcodeMAEModel"]:
@@ -139,8 +140,9 @@ def export_checkpoint(
         model = _load_pretraining(source)
         save_encoder = model.save_encoder
     tokenizer = _load_tokenizer(source, model.config)
-    if embedding_frames is not None:
-        model.config.embedding_frames = embedding_frames
+    if embedding_frames is not None or readout is not None:
+        model.config.embedding_frames = embedding_frames or model.config.embedding_frames
+        model.config.readout = readout or model.config.readout
         model.config._check_consistency()  # the config's own range check and message
     out_dir = Path(out_dir)
     with atomic_folder(out_dir, replace=lambda old: overwrite) as folder:
