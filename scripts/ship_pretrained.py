@@ -1,6 +1,9 @@
 """Export the best checkpoint of a train.py run into pretrained/NAME/ with a TRAINING.md describing the run.
 
 python scripts/ship_pretrained.py runs/small-mae pretrained/barcodemae-small [--results results/x/results.json]
+
+For an equal-FLOP run (scripts/equal_flops.sh, a ``budget.json`` in the run folder) TRAINING.md states the budget
+and the schedule; ``--checkpoint`` and ``--selection`` say which checkpoint ships and why.
 """
 
 from __future__ import annotations
@@ -77,11 +80,29 @@ def recorded_arguments(command: str) -> tuple[Any, argparse.Namespace]:
     return data_args, training.parse_known_args(rest)[0]
 
 
-def training_markdown(run: Path, out: Path, hardware: str | None, export_command: str) -> str:
+def budget_markdown(run: Path, steps: int, batch: int) -> str:
+    """The equal-FLOP budget of a scripts/equal_flops.sh run, or "" for another run."""
+    if not (run / "budget.json").is_file():
+        return ""
+    budget = json.loads((run / "budget.json").read_text())
+    tflop = budget["tflop_per_step_at_batch_64"] * batch / 64
+    return (
+        f"* Budget: {budget['budget_pflop']:g} PFLOP of training FLOPs (`scripts/equal_flops.sh {budget['recipe']} "
+        f"{budget['budget_pflop']:g}`; {tflop:.3g} TFLOP a step of {batch} counted by `torch.utils.flop_counter`,"
+        f" `benchmarks/pretrain_step.py`): {steps} steps = {steps * tflop / 1000:.3g} PFLOP, warm-up 5% then a"
+        " cosine schedule that reaches 0 at the last step. The run was resumed across sessions from its"
+        " checkpoints; the sessions, machines and wall time it really had are in `results/equal-flops.md`.\n"
+    )
+
+
+def training_markdown(
+    run: Path, out: Path, hardware: str | None, export_command: str, shipped: Path, selection: str | None
+) -> str:
     info = json.loads((run / "run_info.json").read_text())
     report = json.loads((run / "data_report.json").read_text())
     data_args, training_args = recorded_arguments(info["command"])
-    best_step = (info["best_checkpoint"] or "").rsplit("-", 1)[-1] or "?"
+    best = shipped.name if shipped.name.startswith("checkpoint-") else (info["best_checkpoint"] or "final")
+    best_step = best.rsplit("-", 1)[-1]
     rows = [
         f"| {e['step']} | {e['eval_loss']:.3f} | {e['eval_masked_accuracy']:.2f} "
         f"| {e.get('eval_genus_1nn_unseen', float('nan')):.1f} | {e.get('eval_effective_rank', float('nan')):.1f} |"
@@ -94,6 +115,13 @@ def training_markdown(run: Path, out: Path, hardware: str | None, export_command
         f", stopped by its {training_args.max_train_minutes:g}-minute budget" if training_args.max_train_minutes else ""
     )
     machine = hardware or f"{cpu_name()} ({torch.get_num_threads()} cores)"
+    chosen = selection or (
+        f"the best by genus 1-NN of {data_args.probe_queries:,} `val_unseen` queries against "
+        f"{data_args.probe_references:,} `train` references (`--metric_for_best_model genus_1nn_unseen`)"
+    )
+    final = info.get("final_eval") or {}
+    if not rows and final:
+        rows = [f"| {info['global_step']} | {final['eval_loss']:.3f} | {final['eval_masked_accuracy']:.2f} | – | – |"]
     return f"""# How {out.name} was trained
 
 * Command: `{info["command"]}`
@@ -102,10 +130,10 @@ def training_markdown(run: Path, out: Path, hardware: str | None, export_command
   {report["truncated"]}). Never `val`, `test`, `val_unseen` or `test_unseen` rows.
 * Objective: `{info["objective"]}`, preset `{info["preset"]}` with the command's overrides (see `config.json`);
   {info["global_step"]} steps of {batch} barcodes{budget} (final training loss {info["train_loss"]:.3f}).
-* Wall time: {info["wall_seconds"] / 60:.1f} min (data loading and evaluations included) on {machine}, device
-  `{info["device"]}`.
-* Shipped: step {best_step}, the best by genus 1-NN of {data_args.probe_queries:,} `val_unseen` queries against
-  {data_args.probe_references:,} `train` references (`--metric_for_best_model genus_1nn_unseen`).
+{budget_markdown(run, info["global_step"], batch)}\
+* Wall time: {info["wall_seconds"] / 60:.1f} min (data loading and evaluations included; the last segment of a
+  resumed run) on {machine}, device `{info["device"]}`.
+* Shipped: step {best_step}, {chosen}.
 
 Validation during training (masked-token metrics on {data_args.max_eval_samples:,} `val` barcodes; with
 `visible_loss_weight > 0` the loss also holds the visible-token term; genus 1-NN and effective rank of the probe
@@ -116,7 +144,7 @@ described above):
 {chr(10).join(rows)}
 
 The preset file is read when the run starts; `config.json` holds the configuration the run actually used (the
-`small` preset has changed since session 1). The readout (`embedding_frames`) is set at export.
+`small` preset has changed since session 1). The readout (`readout`, `embedding_frames`) is set at export.
 
 Export: `` {export_command} ``.
 """
@@ -130,17 +158,23 @@ def main() -> None:
     parser.add_argument("--results-key", help="which model of results.json")
     parser.add_argument("--hardware", help="where it ran, for TRAINING.md (default: this machine's CPU)")
     parser.add_argument("--embedding-frames", type=int, help="readout: reading frames pooled (config.embedding_frames)")
+    parser.add_argument("--readout", help="readout: mean, kmer_bag or mean+kmer_bag (config.readout)")
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint to ship (default: the run's best)")
+    parser.add_argument("--selection", help="why this checkpoint, for TRAINING.md (default: the run's probe)")
     args = parser.parse_args()
+    shipped = args.checkpoint or best_source(args.run)
     export_checkpoint(
-        best_source(args.run),
+        shipped,
         args.out,
         results=args.results,
         results_key=args.results_key,
         overwrite=True,
         embedding_frames=args.embedding_frames,
+        readout=args.readout,
     )
     export_command = shlex.join(["python", "scripts/ship_pretrained.py", *sys.argv[1:]])
-    (args.out / "TRAINING.md").write_text(training_markdown(args.run, args.out, args.hardware, export_command))
+    training = training_markdown(args.run, args.out, args.hardware, export_command, shipped, args.selection)
+    (args.out / "TRAINING.md").write_text(training)
     print(f"wrote {args.out}")
 
 
