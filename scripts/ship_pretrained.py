@@ -95,6 +95,10 @@ def budget_markdown(run: Path, steps: int, batch: int) -> str:
     )
 
 
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def training_markdown(
     run: Path, out: Path, hardware: str | None, export_command: str, shipped: Path, selection: str | None
 ) -> str:
@@ -105,7 +109,7 @@ def training_markdown(
     best_step = best.rsplit("-", 1)[-1]
     rows = [
         f"| {e['step']} | {e['eval_loss']:.3f} | {e['eval_masked_accuracy']:.2f} "
-        f"| {e.get('eval_genus_1nn_unseen', float('nan')):.1f} | {e.get('eval_effective_rank', float('nan')):.1f} |"
+        f"| {_number(e.get('eval_genus_1nn_unseen'))} | {_number(e.get('eval_effective_rank'))} |"
         for e in evaluations(run)
     ]
     skipped = ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items())
@@ -119,9 +123,6 @@ def training_markdown(
         f"the best by genus 1-NN of {data_args.probe_queries:,} `val_unseen` queries against "
         f"{data_args.probe_references:,} `train` references (`--metric_for_best_model genus_1nn_unseen`)"
     )
-    final = info.get("final_eval") or {}
-    if not rows and final:
-        rows = [f"| {info['global_step']} | {final['eval_loss']:.3f} | {final['eval_masked_accuracy']:.2f} | – | – |"]
     return f"""# How {out.name} was trained
 
 * Command: `{info["command"]}`
@@ -129,7 +130,8 @@ def training_markdown(
   {report["n_kept"]} barcodes kept of {report["n_records"]} rows (left out: {skipped}; truncated to 660 bases:
   {report["truncated"]}). Never `val`, `test`, `val_unseen` or `test_unseen` rows.
 * Objective: `{info["objective"]}`, preset `{info["preset"]}` with the command's overrides (see `config.json`);
-  {info["global_step"]} steps of {batch} barcodes{budget} (final training loss {info["train_loss"]:.3f}).
+  {info["global_step"]} steps of {batch} barcodes{budget} (training loss {info["train_loss"]:.3f}: the mean over the
+  last segment).
 {budget_markdown(run, info["global_step"], batch)}\
 * Wall time: {info["wall_seconds"] / 60:.1f} min (data loading and evaluations included; the last segment of a
   resumed run) on {machine}, device `{info["device"]}`.
