@@ -1,7 +1,8 @@
 """Issue 13's curves: the val protocol's genus 1-NN (per species and micro, bootstrap intervals) and the effective
 rank of the frozen encoder along equal-FLOP pretraining runs (scripts/equal_flops.sh), one point per checkpoint, with
-the training FLOPs it had. Embeddings are cached as in scripts/val_protocol.py, so re-running adds only new points.
-``--paired`` adds each MAE point's difference from the same budget's MLM at matching FLOPs (paired bootstrap).
+the training FLOPs it had. Embeddings are cached as in scripts/val_protocol.py and points already in --output are
+kept, so re-running adds only new ones. ``--paired`` adds each MAE point's difference from the same budget's MLM at
+matching FLOPs (paired bootstrap).
 
 python scripts/flop_curve.py --data ../shared/data/barcodes.tsv.gz --runs runs/eqflop-0.25-mlm \
     runs/eqflop-0.25-mae-light --every 4 --readout mean kmer_bag --output results/equal-flops.json
@@ -130,10 +131,11 @@ def main() -> None:
             step = checkpoint.name.split("-")[1]
             point = points.setdefault(step, {"training_tflop": training_tflop(checkpoint)})
             for readout in args.readout:
+                probe = args.species_probe and checkpoint == chosen[-1]
+                if readout in point and (not probe or "species_probe_val" in point[readout]):
+                    continue  # scored before (results are kept in --output)
                 started = time.perf_counter()
-                point[readout] = score(
-                    embedder, readout, protocol, args.cache_dir, args.species_probe and checkpoint == chosen[-1]
-                )
+                point[readout] = score(embedder, readout, protocol, args.cache_dir, probe)
                 print(
                     f"{run.name} step {step} {readout:9s} {point[readout]['per_species']:.2f} per species, "
                     f"{point[readout]['micro']:.2f} micro ({time.perf_counter() - started:.0f} s)",
