@@ -51,12 +51,24 @@ def training_tflop(checkpoint: Path) -> float:
     return step * budget["tflop_per_step_at_batch_64"] * budget["batch"] / 64
 
 
+def frozen_embeddings(embedder: Embedder, readout: str, parts: list, cache_dir: str) -> list[np.ndarray]:
+    """Embeddings of each partition under ``readout`` (cached); ``mean_whitened`` is an analysis readout: the mean
+    readout PCA-whitened with the statistics of the first partition (the references; no labels)."""
+    if readout != "mean_whitened":
+        return [readout_embeddings(embedder, readout, part.sequences, cache_dir) for part in parts]
+    embeddings = [readout_embeddings(embedder, "mean", part.sequences, cache_dir) for part in parts]
+    center = embeddings[0].mean(0)
+    _, singular, basis = np.linalg.svd(embeddings[0] - center, full_matrices=False)
+    whitening = basis.T / (singular / np.sqrt(len(embeddings[0])) + 1e-6)
+    return [((emb - center) @ whitening).astype(np.float32) for emb in embeddings]
+
+
 def genus_predictions(
     embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str
 ) -> tuple[list, np.ndarray, np.ndarray]:
     """The genus of each unseen query's nearest reference, with the reference and query embeddings (cached)."""
     refs, queries = protocol.train, protocol.unseen
-    ref_emb, query_emb = (readout_embeddings(embedder, readout, p.sequences, cache_dir) for p in (refs, queries))
+    ref_emb, query_emb = frozen_embeddings(embedder, readout, [refs, queries], cache_dir)
     nearest, _ = nearest_neighbors(query_emb, ref_emb)
     return [refs.genus[i] for i in nearest[:, 0]], ref_emb, query_emb
 
@@ -69,7 +81,7 @@ def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, 
     genus = identification_score(predicted, queries.genus, queries.species)
     result = {**genus.as_dict(), "effective_rank": effective_rank(query_emb)}
     if species_probe:
-        val_emb = readout_embeddings(embedder, readout, val.sequences, cache_dir)
+        _, val_emb = frozen_embeddings(embedder, readout, [refs, val], cache_dir)
         probe = linear_probe(ref_emb, refs.species, val_emb, val.species)
         result["species_probe_val"] = probe
         result["harmonic_mean_micro"] = harmonic_mean(probe["accuracy"], genus.micro)
@@ -113,7 +125,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="folders runs/eqflop-BUDGET-RECIPE")
     parser.add_argument("--every", type=int, default=4, help="score every N-th checkpoint (and the last)")
     parser.add_argument("--at-tflop", nargs="+", type=float, help="score the checkpoints nearest these TFLOP instead")
-    parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"])
+    parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"], help="also mean_whitened (analysis)")
     parser.add_argument("--species-probe", action="store_true", help="also the species probe at each run's last point")
     parser.add_argument("--paired", action="store_true", help="paired differences against the same budget's MLM run")
     parser.add_argument("--cache-dir", default=".cache/embeddings")

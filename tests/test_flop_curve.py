@@ -66,3 +66,21 @@ def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path, monkeypat
     assert points["330"]["mean"]["minus_mlm"]["micro"] == 25.0
     assert points["330"]["mean"]["minus_mlm"]["per_species"] == round(100 * 0.5 / 3, 2)
     assert "minus_mlm" not in points["900"]["mean"]  # no MLM point within 10% of its FLOPs
+
+
+def test_whitened_readout_uses_reference_statistics_only(monkeypatch):
+    """``mean_whitened``: the references come out centred with identity covariance; the queries are mapped by the
+    same transform (not whitened on their own statistics)."""
+    import flop_curve
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    refs = rng.normal(size=(500, 4)) @ np.diag([10.0, 1.0, 0.1, 3.0]) + 5.0
+    queries = refs[:50] + 1.0
+    parts = [type("Part", (), {"sequences": name}) for name in ("refs", "queries")]
+    table = {"refs": refs, "queries": queries}
+    monkeypatch.setattr(flop_curve, "readout_embeddings", lambda embedder, readout, sequences, cache: table[sequences])
+    white_refs, white_queries = flop_curve.frozen_embeddings(None, "mean_whitened", parts, "unused")
+    assert np.allclose(white_refs.mean(0), 0, atol=1e-4)
+    assert np.allclose(np.cov(white_refs.T, bias=True), np.eye(4), atol=1e-3)
+    assert np.allclose(white_queries, white_refs[:50] + (white_queries[0] - white_refs[0]), atol=1e-3)
