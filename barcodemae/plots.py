@@ -140,14 +140,14 @@ def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Pat
     )
     fig, axes = plt.subplots(1, len(readouts), figsize=(6 * len(readouts), 4.5), squeeze=False)
     for ax, readout in zip(axes[0], readouts):
-        for run, points in runs.items():
+        for color, (run, points) in enumerate(runs.items()):  # a run keeps its colour in every panel
             scored = [points[step] for step in sorted(points, key=int) if readout in points[step]]
             if not scored:
                 continue
             x = [point["training_tflop"] for point in scored]
             y = np.array([point[readout]["per_species"] for point in scored])
             low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
-            ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=run)
+            ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=run, color=f"C{color % 10}")
         ax.set_title(f"readout: {readout}")
         ax.set_xlabel("training TFLOP")
         ax.set_ylabel("val_unseen genus 1-NN, per species (%)")
