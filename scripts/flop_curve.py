@@ -119,6 +119,43 @@ def paired_against_mlm(
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)
 
 
+def markdown_table(results: dict) -> str:
+    """Every scored point: genus 1-NN per species [95%] and micro, effective rank, species probe, harmonic mean (per
+    species) and the paired difference from the same budget's MLM."""
+    lines = [
+        "| run | step | TFLOP | readout | per species [95%] | micro | eff. rank | species probe | harmonic mean"
+        " | − MLM per species [95%] |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run, points in results.items():
+        if run == "protocol":
+            continue
+        for step in sorted(points, key=int):
+            point = points[step]
+            for readout in sorted(set(point) - {"training_tflop"}):
+                r = point[readout]
+                low, high = r["per_species_interval"]
+                probe = r.get("species_probe_val", {}).get("accuracy")
+                mean = r.get("harmonic_mean_per_species")
+                diff = r.get("minus_mlm")
+                cells = [
+                    run.removeprefix("eqflop-"),
+                    step,
+                    f"{point['training_tflop']:.0f}",
+                    readout,
+                    f"{r['per_species']:.2f} [{low:.1f}, {high:.1f}]",
+                    f"{r['micro']:.2f}",
+                    f"{r['effective_rank']:.1f}",
+                    "–" if probe is None else f"{probe:.2f}",
+                    "–" if mean is None else f"{mean:.2f}",
+                    "–"
+                    if diff is None
+                    else "{:+.2f} [{:+.1f}, {:+.1f}]".format(diff["per_species"], *diff["per_species_interval"]),
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -131,6 +168,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", type=Path, default=Path("results/equal-flops.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/equal-flops.png"))
+    parser.add_argument("--table", type=Path, default=Path("results/equal-flops-table.md"), help="every point")
     args = parser.parse_args()
 
     protocol = prepare_protocol(load_records(args.data)[0], seen_split="val", unseen_split="val_unseen")
@@ -163,6 +201,8 @@ def main() -> None:
         with atomic_text(args.output) as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
     plot_flop_curves({name: points for name, points in results.items() if name != "protocol"}, args.plot)
+    with atomic_text(args.table) as handle:
+        handle.write(markdown_table(results))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,18 @@ def test_whitened_readout_uses_reference_statistics_only(monkeypatch):
     assert np.allclose(white_refs.mean(0), 0, atol=1e-4)
     assert np.allclose(np.cov(white_refs.T, bias=True), np.eye(4), atol=1e-3)
     assert np.allclose(white_queries, white_refs[:50] + (white_queries[0] - white_refs[0]), atol=1e-3)
+
+
+def test_markdown_table_lists_every_point_with_its_paired_difference():
+    from flop_curve import markdown_table
+
+    score = {"per_species": 61.0, "per_species_interval": [55.0, 66.0], "micro": 50.0, "effective_rank": 90.0}
+    paired = {"mlm_step": 1600, "per_species": -6.21, "per_species_interval": [-9.5, -3.0], "micro": -3.0}
+    results = {
+        "protocol": "val",
+        "eqflop-0.25-mae-light": {"2640": {"training_tflop": 250.0, "kmer_bag": {**score, "minus_mlm": paired}}},
+    }
+    table = markdown_table(results).splitlines()
+    assert len(table) == 3
+    assert table[2].startswith("| 0.25-mae-light | 2640 | 250 | kmer_bag | 61.00 [55.0, 66.0] | 50.00 | 90.0 | – |")
+    assert table[2].endswith("| -6.21 [-9.5, -3.0] |")
