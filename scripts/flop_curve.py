@@ -98,8 +98,8 @@ def baseline_run(run: Path) -> Path:
 def paired_against_mlm(
     run: Path, points: dict, results: dict, readout: str, protocol: Protocol, cache_dir: str
 ) -> None:
-    """For each scored point of a non-MLM run, genus 1-NN minus the MLM's at the nearest scored training FLOPs
-    (within 10%), per species and micro with paired bootstrap intervals, stored as ``minus_mlm``."""
+    """For each of ``points`` (steps of a non-MLM run), genus 1-NN minus the MLM's at the nearest scored training
+    FLOPs (within 10%), per species and micro with paired bootstrap intervals, stored as ``minus_mlm``."""
     baseline = baseline_run(run)
     scored = {step: point for step, point in results.get(baseline.name, {}).items() if readout in point}
     if baseline == run or not scored:
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--at-tflop", nargs="+", type=float, help="score the checkpoints nearest these TFLOP instead")
     parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"], help="also mean_whitened (analysis)")
     parser.add_argument("--species-probe", action="store_true", help="also the species probe at each run's last point")
-    parser.add_argument("--paired", action="store_true", help="paired differences against the same budget's MLM run")
+    parser.add_argument("--paired", action="store_true", help="at those checkpoints, paired differences from the MLM")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", type=Path, default=Path("results/equal-flops.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/equal-flops.png"))
@@ -194,10 +194,12 @@ def main() -> None:
             results["protocol"] = protocol.description
             with atomic_text(args.output) as handle:
                 handle.write(json.dumps(results, indent=2) + "\n")
-    if args.paired:
+    if args.paired:  # at the checkpoints chosen above
         for run in args.runs:
+            chosen = {path.name.split("-")[1] for path in checkpoints(run, args.every, args.at_tflop)}
+            points = {step: point for step, point in results[run.name].items() if step in chosen}
             for readout in args.readout:
-                paired_against_mlm(run, results[run.name], results, readout, protocol, args.cache_dir)
+                paired_against_mlm(run, points, results, readout, protocol, args.cache_dir)
         with atomic_text(args.output) as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
     plot_flop_curves({name: points for name, points in results.items() if name != "protocol"}, args.plot)
