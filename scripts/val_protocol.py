@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from barcodemae.baselines import kmer_nearest, vsearch_genus_1nn
 from barcodemae.embedding import Embedder, cached_embeddings
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--vsearch", action="store_true", help="vsearch top hit (--id 0.5, 2 threads)")
     parser.add_argument("--readout", nargs="*", help="readouts to score (mean, kmer_bag, mean+kmer_bag)")
     parser.add_argument("--embedding-frames", type=int, help="override the models' reading frames")
+    parser.add_argument("--random-init", action="store_true", help="also each model's untrained twin (seed 0)")
     parser.add_argument(
         "--paired-with", nargs="*", default=["vsearch top hit", "k-mer 8 counts"], help="rows to difference against"
     )
@@ -75,8 +77,7 @@ def main() -> None:
     if args.vsearch:
         started = time.perf_counter()
         record("vsearch top hit", vsearch_genus_1nn(queries.sequences, refs.sequences, list(ref_genus)), started)
-    for path in args.model:
-        embedder = Embedder.from_pretrained(path)
+    for name, embedder in encoders(args.model, args.random_init):
         if args.embedding_frames is not None:
             embedder.model.config.embedding_frames = args.embedding_frames
         for readout in args.readout or [embedder.model.config.readout]:
@@ -86,7 +87,21 @@ def main() -> None:
             )
             nearest, _ = nearest_neighbors(query_emb, ref_emb)
             frames = embedder.model.config.embedding_frames
-            record(f"{path} ({readout}, {frames} frame{'s' if frames > 1 else ''})", ref_genus[nearest[:, 0]], started)
+            record(f"{name} ({readout}, {frames} frame{'s' if frames > 1 else ''})", ref_genus[nearest[:, 0]], started)
+
+
+def encoders(paths: list[str], random_init: bool) -> list[tuple[str, Embedder]]:
+    """Each model folder's embedder; with ``random_init`` also its untrained twin (same config,
+    ``torch.manual_seed(0)``: `barcodemae evaluate`'s random-init row)."""
+    out = []
+    for path in paths:
+        embedder = Embedder.from_pretrained(path)
+        out.append((path, embedder))
+        if random_init:
+            torch.manual_seed(0)
+            twin = type(embedder.model)(embedder.model.config).to(embedder.model.device).eval()
+            out.append((f"{path} random init", Embedder(twin, embedder.tokenizer)))
+    return out
 
 
 def prediction_file(folder: Path, name: str) -> Path:

@@ -1,0 +1,25 @@
+"""scripts/val_protocol.py: the encoders it scores, including the untrained twin of --random-init."""
+
+import sys
+from pathlib import Path
+
+import torch
+from cli_helpers import tiny_pretraining_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from val_protocol import encoders  # noqa: E402
+
+
+def test_random_init_twin_is_seeded_and_untrained(tmp_path):
+    model, tokenizer = tiny_pretraining_model(seed=1)  # "trained": not the weights of seed 0
+    model.save_encoder(tmp_path / "encoder", tokenizer)
+    folder = str(tmp_path / "encoder")
+    (name, trained), (twin_name, twin) = encoders([folder], random_init=True)
+    assert (name, twin_name) == (folder, f"{folder} random init")
+    assert twin.model.config.to_dict() == trained.model.config.to_dict()
+    weights, twin_weights = trained.model.state_dict(), twin.model.state_dict()
+    assert any(not torch.equal(weights[key], twin_weights[key]) for key in weights)
+    _, (_, again) = encoders([folder], random_init=True)
+    assert all(torch.equal(twin_weights[key], value) for key, value in again.model.state_dict().items())
+    assert len(encoders([folder], random_init=False)) == 1
