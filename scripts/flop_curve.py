@@ -63,26 +63,22 @@ def frozen_embeddings(embedder: Embedder, readout: str, parts: list, cache_dir: 
     return [((emb - center) @ whitening).astype(np.float32) for emb in embeddings]
 
 
-def genus_predictions(
-    embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str
-) -> tuple[list, np.ndarray, np.ndarray]:
-    """The genus of each unseen query's nearest reference, with the reference and query embeddings (cached)."""
-    refs, queries = protocol.train, protocol.unseen
-    ref_emb, query_emb = frozen_embeddings(embedder, readout, [refs, queries], cache_dir)
+def nearest_genus(ref_emb: np.ndarray, query_emb: np.ndarray, refs) -> list:
+    """The genus of each query's nearest reference."""
     nearest, _ = nearest_neighbors(query_emb, ref_emb)
-    return [refs.genus[i] for i in nearest[:, 0]], ref_emb, query_emb
+    return [refs.genus[i] for i in nearest[:, 0]]
 
 
 def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, species_probe: bool) -> dict:
     """Genus 1-NN of the unseen queries (per species, micro, intervals), the queries' effective rank and, with
     ``species_probe``, the species linear probe (train -> val) and the harmonic means with the genus numbers."""
     refs, queries, val = protocol.train, protocol.unseen, protocol.test
-    predicted, ref_emb, query_emb = genus_predictions(embedder, readout, protocol, cache_dir)
-    genus = identification_score(predicted, queries.genus, queries.species)
+    parts = [refs, queries, val] if species_probe else [refs, queries]
+    ref_emb, query_emb, *val_emb = frozen_embeddings(embedder, readout, parts, cache_dir)
+    genus = identification_score(nearest_genus(ref_emb, query_emb, refs), queries.genus, queries.species)
     result = {**genus.as_dict(), "effective_rank": effective_rank(query_emb)}
     if species_probe:
-        _, val_emb = frozen_embeddings(embedder, readout, [refs, val], cache_dir)
-        probe = linear_probe(ref_emb, refs.species, val_emb, val.species)
+        probe = linear_probe(ref_emb, refs.species, val_emb[0], val.species)
         result["species_probe_val"] = probe
         result["harmonic_mean_micro"] = harmonic_mean(probe["accuracy"], genus.micro)
         result["harmonic_mean_per_species"] = harmonic_mean(probe["accuracy"], genus.per_species)
@@ -104,6 +100,7 @@ def paired_against_mlm(
     scored = {step: point for step, point in results.get(baseline.name, {}).items() if readout in point}
     if baseline == run or not scored:
         return
+    refs, parts = protocol.train, [protocol.train, protocol.unseen]
     for step, point in points.items():
         if readout not in point:
             continue
@@ -111,9 +108,10 @@ def paired_against_mlm(
         mlm_step = min(scored, key=lambda other: abs(scored[other]["training_tflop"] - tflop))
         if abs(scored[mlm_step]["training_tflop"] - tflop) > 0.1 * tflop:
             continue
-        ours, *_ = genus_predictions(Embedder.from_pretrained(run / f"checkpoint-{step}"), readout, protocol, cache_dir)
-        mlm = Embedder.from_pretrained(baseline / f"checkpoint-{mlm_step}")
-        theirs, *_ = genus_predictions(mlm, readout, protocol, cache_dir)
+        ours, theirs = (
+            nearest_genus(*frozen_embeddings(Embedder.from_pretrained(checkpoint), readout, parts, cache_dir), refs)
+            for checkpoint in (run / f"checkpoint-{step}", baseline / f"checkpoint-{mlm_step}")
+        )
         difference = paired_difference(ours, theirs, protocol.unseen.genus, protocol.unseen.species)
         point[readout]["minus_mlm"] = {"mlm_step": int(mlm_step), **difference}
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)

@@ -56,9 +56,10 @@ def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path, monkeypat
     truth, species = ["a", "a", "b", "b"], ["s1", "s1", "s2", "s3"]
     predictions = {"eqflop-0.25-mlm": ["a", "x", "b", "x"], "eqflop-0.25-mae-light": ["a", "a", "b", "x"]}
     monkeypatch.setattr(flop_curve.Embedder, "from_pretrained", staticmethod(lambda path: Path(path).parent.name))
-    monkeypatch.setattr(flop_curve, "genus_predictions", lambda run, *args: (predictions[run], None, None))
+    monkeypatch.setattr(flop_curve, "frozen_embeddings", lambda run, *args: [run, run])
+    monkeypatch.setattr(flop_curve, "nearest_genus", lambda run, query_run, refs: predictions[run])
     unseen = type("Partition", (), {"genus": truth, "species": species})
-    protocol = type("Protocol", (), {"unseen": unseen})()
+    protocol = type("Protocol", (), {"unseen": unseen, "train": None})()
     results = {mlm.name: {"100": {"training_tflop": 15.6, "mean": {}}, "200": {"training_tflop": 31.2, "mean": {}}}}
     points = {"330": {"training_tflop": 31.3, "mean": {}}, "900": {"training_tflop": 90.0, "mean": {}}}
     flop_curve.paired_against_mlm(mae, points, results, "mean", protocol, "unused")
