@@ -16,6 +16,9 @@ With ``--data BARCODES.tsv.gz`` the references are instead all unique real `trai
 unique `val_unseen` and `val` barcodes (the val protocol's rows; embeddings cached in ``--cache-dir``).
 `barcodemae.search.AnnIndex` with its defaults (the index ``barcodemae identify --search ann`` builds) is one case.
 
+``--ann-probes 32 64 128`` adds `AnnIndex` searched with other numbers of probes (the same index), ``--libraries
+AnnIndex`` keeps only the cases whose name holds that (exact search is always the baseline).
+
 Run: ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --references 200000`` and
 ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --data ../shared/data/barcodes.tsv.gz --output
 benchmarks/results/search_real.json``.
@@ -129,6 +132,7 @@ def searcher(name: str, index: Any, ef: int, k: int, threads: int) -> Callable[[
 
     def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if name.startswith("barcodemae"):
+            index.index.nprobe = ef
             return index.search(q, k)
         if name == "faiss HNSWFlat":
             index.hnsw.efSearch = ef
@@ -152,6 +156,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--references", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128], help="HNSW ef / IVF nprobe")
+    parser.add_argument("--ann-probes", type=int, nargs="*", default=[], help="also AnnIndex with these probes")
+    parser.add_argument("--libraries", nargs="*", help="only the cases whose name holds one of these (e.g. AnnIndex)")
     parser.add_argument("--data", help="real barcodes (BIOSCAN-style table with split column) instead of simulated")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.set_defaults(repeats=3)
@@ -173,14 +179,20 @@ def main(argv=None) -> dict[str, Any]:
     cases: dict[str, Callable[[], object]] = {"exact (CosineIndex)": lambda: exact.search(query, k=1)}
     rows: dict[str, dict[str, Any]] = {"exact (CosineIndex)": {"library": "exact", "recall@1": 1.0}}
     for name, build in builders(args.threads).items():
+        if args.libraries and not any(part in name for part in args.libraries):
+            continue
         built: list = []
         start = time.perf_counter()
         memory = peak_memory_mb(lambda build=build, built=built: built.append(build(refs)), device)
         seconds = time.perf_counter() - start
-        for ef in [0] if name.startswith("barcodemae") else args.ef:
+        ann = name.startswith("barcodemae")  # its defaults first, then --ann-probes
+        for i, ef in enumerate([built[0].index.nprobe, *args.ann_probes] if ann else args.ef):
             search = searcher(name, built[0], ef, 1, args.threads)
             found, sims = search(query)
-            case = name if not ef else f"{name} ef={ef}" if "IVF" not in name else f"{name} nprobe={ef}"
+            if ann:
+                case = name if i == 0 else f"AnnIndex probes={ef}"
+            else:
+                case = f"{name} ef={ef}" if "IVF" not in name else f"{name} nprobe={ef}"
             cases[case] = lambda search=search: search(query)
             rows[case] = {
                 "library": name,

@@ -73,9 +73,11 @@ def test_identify(tmp_path):
 def test_search(tmp_path):
     from benchmarks import search
 
-    result = run(search, tmp_path, "--ef", "8")
+    result = run(search, tmp_path, "--ef", "8", "--ann-probes", "2")
     assert result["cases"]["exact (CosineIndex)"]["recall@1"] == 1.0
-    assert {"faiss HNSWFlat ef=8", "faiss IVFFlat nprobe=8"} <= result["cases"].keys()
+    assert {"faiss HNSWFlat ef=8", "faiss IVFFlat nprobe=8", "AnnIndex probes=2"} <= result["cases"].keys()
+    only = run(search, tmp_path, "--libraries", "AnnIndex", "--ann-probes", "2")
+    assert set(only["cases"]) == {"exact (CosineIndex)", "barcodemae AnnIndex (defaults)", "AnnIndex probes=2"}
     assert all(0.0 <= case["recall@1"] <= 1.0 and case["queries_per_s"] > 0 for case in result["cases"].values())
 
 
