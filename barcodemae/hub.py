@@ -140,10 +140,11 @@ def export_checkpoint(
         model = _load_pretraining(source)
         save_encoder = model.save_encoder
     tokenizer = _load_tokenizer(source, model.config)
-    if embedding_frames is not None or readout is not None:
-        model.config.embedding_frames = embedding_frames or model.config.embedding_frames
-        model.config.readout = readout or model.config.readout
-        model.config._check_consistency()  # the config's own range check and message
+    if embedding_frames is not None:
+        model.config.embedding_frames = embedding_frames
+    if readout is not None:
+        model.config.readout = readout
+    model.config._check_consistency()  # the config's own range check and message
     out_dir = Path(out_dir)
     with atomic_folder(out_dir, replace=lambda old: overwrite) as folder:
         save_encoder(folder)

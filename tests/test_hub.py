@@ -79,6 +79,8 @@ def test_export_of_an_encoder_folder_keeps_its_weights_and_adds_a_card(tmp_path,
     assert json.loads((tmp_path / "out/config.json").read_text())["embedding_frames"] == 3
     code, _, err = run(capsys, "export", encoder, tmp_path / "bad", "--embedding-frames", "5")  # k = 4
     assert code == 2 and "embedding_frames must be in 1..k_mer=4" in err
+    code, _, err = run(capsys, "export", encoder, tmp_path / "zero", "--embedding-frames", "0")
+    assert code == 2 and "embedding_frames must be in 1..k_mer=4" in err
     code, _, err = run(capsys, "export", encoder, tmp_path / "bag", "--readout", "kmer_bag")
     assert code == 0, err
     exported = json.loads((tmp_path / "bag/config.json").read_text())
