@@ -28,14 +28,18 @@ A reference **index** (:class:`ReferenceIndex`) is a folder with ``embeddings.sa
 ``"embeddings"``, ``(R, hidden)`` float32), ``index.json`` (format, model path and fingerprint, reference file,
 search method, ids, genus and species per row, the thresholds and how they were calibrated), ``sequences.txt``
 (the cleaned reference barcodes, one a line, for ``--rerank align``) and, for approximate search, ``ann.faiss``
-(the faiss index), so a large reference is embedded and indexed once.
+(the faiss index), so a large reference is embedded and indexed once. Loading maps the embeddings and the faiss
+index into memory read-only instead of reading them (:func:`map_embeddings`): a 1M-reference folder opens in a
+fraction of a second and only the parts a search touches are read from disk.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -213,9 +217,8 @@ class ReferenceIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, with_sequences: bool = False) -> ReferenceIndex:
-        """Read an index folder; the barcodes only ``with_sequences`` (an index of version 1 has none)."""
-        from safetensors.numpy import load_file
-
+        """Open an index folder (embeddings and faiss index memory-mapped); the barcodes only ``with_sequences`` (an
+        index of version 1 has none)."""
         path = Path(path)
         if not (path / INDEX_FILE).is_file() or not (path / INDEX_EMBEDDINGS).is_file():
             raise FileNotFoundError(f"{path}: not a reference index folder (needs {INDEX_FILE} and {INDEX_EMBEDDINGS})")
@@ -228,7 +231,7 @@ class ReferenceIndex:
                 f"{path}: the index holds no {INDEX_SEQUENCES} (built by an older version); rebuild it"
             )
         return cls(
-            embeddings=load_file(str(path / INDEX_EMBEDDINGS))["embeddings"],
+            embeddings=map_embeddings(path / INDEX_EMBEDDINGS),
             ids=meta["ids"],
             genus=meta["genus"],
             species=meta["species"],
@@ -241,6 +244,19 @@ class ReferenceIndex:
             search=search,
             ann=AnnIndex.load(path / INDEX_ANN) if search == "ann" else None,
         )
+
+
+def map_embeddings(path: Path) -> np.ndarray:
+    """The ``"embeddings"`` tensor of a safetensors file as a read-only memory map (the format: an 8-byte
+    little-endian header length, a JSON header with each tensor's dtype, shape and byte range, then the data)."""
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        entry = json.loads(file.read(length)).get("embeddings", {})
+    shape = tuple(entry.get("shape", ()))
+    start, end = entry.get("data_offsets", (0, 0))
+    if entry.get("dtype") != "F32" or len(shape) != 2 or end - start != 4 * math.prod(shape) or not shape[0]:
+        raise ValueError(f"{path}: expected a non-empty (R, hidden) float32 tensor 'embeddings', found {entry}")
+    return np.memmap(path, dtype="<f4", mode="r", offset=8 + length + start, shape=shape)
 
 
 def build_index(

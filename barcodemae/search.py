@@ -28,9 +28,11 @@ ANN_MIN_REFERENCES = 100_000
 
 
 def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 CPU tensor of ``x``; a read-only array (e.g. a memory-mapped index) is copied."""
     if isinstance(x, torch.Tensor):
         return x.detach().to(device="cpu", dtype=torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +144,9 @@ class AnnIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnnIndex:
-        return cls(_faiss().read_index(str(path)))
+        """Open a saved index memory-mapped and read-only (its inverted lists are read from disk as searched)."""
+        faiss = _faiss()
+        return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
 
     def save(self, path: str | os.PathLike) -> None:
         _faiss().write_index(self.index, str(path))

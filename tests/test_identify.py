@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from cli_helpers import export_tiny_encoder, files_in, run
 
-from barcodemae.identify import INDEX_ANN, INDEX_SEQUENCES, ReferenceIndex, calibrate_threshold, read_predictions
+from barcodemae.identify import (
+    INDEX_ANN,
+    INDEX_SEQUENCES,
+    ReferenceIndex,
+    calibrate_threshold,
+    map_embeddings,
+    read_predictions,
+)
 from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
 
 
@@ -73,6 +80,21 @@ def test_identify_ranks_own_species_and_flags_novel(tmp_path, capsys, tiny_encod
     code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", reused, "--novel-threshold", -1)
     assert code == 0, err
     assert {row["novel_species"] for row in read_predictions(reused)} == {"false"}
+
+
+def test_index_embeddings_are_memory_mapped_read_only_and_checked(tmp_path):
+    from safetensors.numpy import save_file
+
+    embeddings = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    save_file({"embeddings": embeddings}, str(tmp_path / "ok.safetensors"))
+    mapped = map_embeddings(tmp_path / "ok.safetensors")
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, embeddings)
+    save_file({"embeddings": embeddings.astype(np.float64)}, str(tmp_path / "f64.safetensors"))
+    save_file({"other": embeddings}, str(tmp_path / "other.safetensors"))
+    for name in ("f64", "other"):
+        with pytest.raises(ValueError, match=rf"{name}.safetensors: expected a non-empty \(R, hidden\) float32"):
+            map_embeddings(tmp_path / f"{name}.safetensors")
 
 
 def test_index_built_with_another_model_is_refused(tmp_path, capsys, tiny_encoder, split_records):
