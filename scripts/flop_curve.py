@@ -85,6 +85,11 @@ def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, 
     return result
 
 
+def readouts_to_score(point: dict, readouts: list[str], species_probe: bool) -> list[str]:
+    """The ``readouts`` a point still lacks (scored ones are kept), or lacks the species probe of when asked."""
+    return [r for r in readouts if r not in point or (species_probe and "species_probe_val" not in point[r])]
+
+
 def baseline_run(run: Path) -> Path:
     """The MLM run of the same budget (``runs/eqflop-BUDGET-mlm``), the baseline of the paired differences."""
     budget = json.loads((run / "budget.json").read_text())["budget_pflop"]
@@ -175,13 +180,14 @@ def main() -> None:
         points = results.setdefault(run.name, {})
         chosen = checkpoints(run, args.every, args.at_tflop)
         for checkpoint in chosen:
-            embedder = Embedder.from_pretrained(checkpoint)
             step = checkpoint.name.split("-")[1]
             point = points.setdefault(step, {"training_tflop": training_tflop(checkpoint)})
-            for readout in args.readout:
-                probe = args.species_probe and checkpoint == chosen[-1]
-                if readout in point and (not probe or "species_probe_val" in point[readout]):
-                    continue  # scored before (results are kept in --output)
+            probe = args.species_probe and checkpoint == chosen[-1]
+            todo = readouts_to_score(point, args.readout, probe)
+            if not todo:
+                continue
+            embedder = Embedder.from_pretrained(checkpoint)
+            for readout in todo:
                 started = time.perf_counter()
                 point[readout] = score(embedder, readout, protocol, args.cache_dir, probe)
                 print(

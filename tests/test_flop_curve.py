@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from flop_curve import checkpoints, training_tflop  # noqa: E402
+from flop_curve import checkpoints, readouts_to_score, training_tflop  # noqa: E402
 
 from barcodemae.plots import plot_flop_curves  # noqa: E402
 
@@ -100,3 +100,10 @@ def test_markdown_table_lists_every_point_with_its_paired_difference():
     assert len(table) == 3
     assert table[2].startswith("| 0.25-mae-light | 2640 | 250 | kmer_bag | 61.00 [55.0, 66.0] | 50.00 | 90.0 | – |")
     assert table[2].endswith("| -6.21 [-9.5, -3.0] |")
+
+
+def test_only_readouts_not_yet_scored_are_scored_again():
+    point = {"training_tflop": 1.0, "mean": {"per_species": 40.0}, "kmer_bag": {"species_probe_val": {}}}
+    assert readouts_to_score(point, ["mean", "kmer_bag", "mean_whitened"], False) == ["mean_whitened"]
+    assert readouts_to_score(point, ["mean", "kmer_bag"], True) == ["mean"]
+    assert readouts_to_score(point, ["kmer_bag"], True) == []
