@@ -83,7 +83,7 @@ def calibrate_threshold(
         )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(eligible, size=min(max_queries, len(eligible)), replace=False))
-    known, novel = _same_and_other_species(embeddings[labelled], codes, chosen, reference_chunk)
+    known, novel = _same_and_other_species(embeddings, labelled, codes, chosen, reference_chunk)
     threshold, balanced = _best_split(known, novel)
     details: dict[str, Any] = {
         "rule": "leave-one-out on the reference: maximise balanced accuracy between same-species and "
@@ -117,14 +117,21 @@ def _genus_thresholds(known: np.ndarray, novel: np.ndarray, genus: np.ndarray) -
 
 
 def _same_and_other_species(
-    embeddings: np.ndarray, codes: np.ndarray, chosen: np.ndarray, chunk: int
+    embeddings: np.ndarray, labelled: np.ndarray, codes: np.ndarray, chosen: np.ndarray, chunk: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    normalised = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    queries = normalised[chosen]
+    """For each ``chosen`` labelled row, the cosine similarity of its nearest other labelled row of the same species
+    and of a different species (``codes``: species of the ``labelled`` rows of ``embeddings``). The references are
+    normalised a chunk at a time, so a large index is never copied whole."""
+
+    def normalised(rows: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings[rows], dtype=np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    queries = normalised(labelled[chosen])
     same = np.full(len(chosen), -np.inf, dtype=np.float32)
     other = np.full(len(chosen), -np.inf, dtype=np.float32)
-    for start in range(0, len(normalised), chunk):
-        sims = queries @ normalised[start : start + chunk].T
+    for start in range(0, len(labelled), chunk):
+        sims = queries @ normalised(labelled[start : start + chunk]).T
         columns = np.arange(start, start + sims.shape[1])
         sims[columns[None, :] == chosen[:, None]] = -np.inf  # leave the query itself out
         is_same = codes[chosen][:, None] == codes[start : start + chunk][None, :]
@@ -289,6 +296,7 @@ def build_index(
     if not parts:
         raise ValueError(f"{reference_path}: no usable reference barcode\n{report.summary()}")
     embeddings = np.concatenate(parts)
+    parts.clear()  # one copy of the embeddings from here on (1 GiB at 1M references)
     calibration: dict[str, Any] = {"rule": "given"}
     if threshold is None:
         threshold, calibration = calibrate_threshold(embeddings, species, genus)

@@ -116,14 +116,16 @@ class AnnIndex:
     """Approximate cosine k-NN: a faiss inverted-file index (``IndexIVFFlat``, inner product) over the
     L2-normalised references.
 
-    The references are split into ``lists`` clusters (k-means, default ``4·√R``, at most ``R/39``, trained on at
-    most 64 references a cluster); a query is compared with the references of its ``probes`` nearest clusters
-    (default: 32, or a 30th of the lists when that is more: 43 at 100,000 references, 134 at 1M). Recall@1 against
-    exact search: 0.994 on the real `train` embeddings, 1.0 on simulated ones up to 200,000, 0.993 at 1M (where 32
-    probes gave 0.975; benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed clusters hold
-    fewer than ``k`` references is searched again over all clusters, so ``k`` neighbours always come back. Ties
-    between equal vectors fall either way.
+    The references are split into ``lists`` clusters (k-means, default ``4·√R``, at most ``R/39``, trained on a
+    random sample of at most 64 references a cluster); a query is compared with the references of its ``probes``
+    nearest clusters (default: 32, or a 30th of the lists when that is more: 43 at 100,000 references, 134 at 1M).
+    Recall@1 against exact search: 0.994 on the real `train` embeddings, 1.0 on simulated ones up to 200,000, 0.993 at
+    1M (where 32 probes gave 0.975; benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed
+    clusters hold fewer than ``k`` references is searched again over all clusters, so ``k`` neighbours always come
+    back. Ties between equal vectors fall either way.
     """
+
+    ADD_CHUNK = 65536
 
     def __init__(self, index) -> None:
         self.index = index
@@ -131,14 +133,16 @@ class AnnIndex:
     @classmethod
     def build(cls, references: np.ndarray, lists: int | None = None, probes: int | None = None) -> AnnIndex:
         faiss = _faiss()
-        refs = l2_normalize_array(references)
-        if refs.ndim != 2 or refs.shape[0] == 0:
-            raise ValueError(f"references must be a non-empty (R, D) array, got shape {refs.shape}")
-        lists = min(lists or max(1, min(round(4 * math.sqrt(len(refs))), len(refs) // 39)), len(refs))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(refs.shape[1]), refs.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter, index.cp.seed, index.cp.max_points_per_centroid = 10, 0, 64
-        index.train(refs)
-        index.add(refs)
+        if references.ndim != 2 or references.shape[0] == 0:
+            raise ValueError(f"references must be a non-empty (R, D) array, got shape {references.shape}")
+        n, dim = references.shape
+        lists = min(lists or max(1, min(round(4 * math.sqrt(n)), n // 39)), n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter, index.cp.seed = 10, 0
+        sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 64 * lists), replace=False))
+        index.train(l2_normalize_array(references[sample]))
+        for start in range(0, n, cls.ADD_CHUNK):  # normalised a chunk at a time: no second copy of the references
+            index.add(l2_normalize_array(references[start : start + cls.ADD_CHUNK]))
         index.nprobe = min(lists, probes or max(32, math.ceil(lists / 30)))
         return cls(index)
 
