@@ -132,25 +132,45 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path) ->
 
 
 def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Path:
-    """Genus 1-NN per species (95% interval bars) against training FLOPs: one panel per readout, one line per run.
+    """Genus 1-NN per species (95% interval bars) against training FLOPs (log axis): one panel per readout, one line
+    per run; a recipe keeps its colour and a budget its line style (runs named ``eqflop-BUDGET-RECIPE``).
     ``runs``: ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi]}}}}``.
     """
     readouts = sorted(
         {key for points in runs.values() for point in points.values() for key in point} - {"training_tflop"}
     )
+    names = {run: run.removeprefix("eqflop-").partition("-")[::2] for run in runs}  # (budget, recipe)
+    recipes = list(dict.fromkeys(recipe or budget for budget, recipe in names.values()))
+    budgets = sorted({budget for budget, recipe in names.values() if recipe}, key=float, reverse=True)
     fig, axes = plt.subplots(1, len(readouts), figsize=(6 * len(readouts), 4.5), squeeze=False)
     for ax, readout in zip(axes[0], readouts):
-        for color, (run, points) in enumerate(runs.items()):  # a run keeps its colour in every panel
+        for run, points in runs.items():
             scored = [points[step] for step in sorted(points, key=int) if readout in points[step]]
             if not scored:
                 continue
+            budget, recipe = names[run]
+            style = ("-", "--", ":", "-.")[budgets.index(budget) % 4] if recipe else "-"
             x = [point["training_tflop"] for point in scored]
             y = np.array([point[readout]["per_species"] for point in scored])
             low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
-            ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=run, color=f"C{color % 10}")
+            color = f"C{recipes.index(recipe or budget) % 10}"
+            ax.errorbar(
+                x,
+                y,
+                yerr=[y - low, high - y],
+                marker="o",
+                ms=4,
+                capsize=2,
+                elinewidth=0.8,
+                alpha=0.85,
+                linestyle=style,
+                label=run.removeprefix("eqflop-"),
+                color=color,
+            )
+        ax.set_xscale("log")
         ax.set_title(f"readout: {readout}")
-        ax.set_xlabel("training TFLOP")
+        ax.set_xlabel("training TFLOP (log)")
         ax.set_ylabel("val_unseen genus 1-NN, per species (%)")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     return _save(fig, path)
