@@ -119,7 +119,7 @@ class AnnIndex:
     The references are split into ``lists`` clusters (k-means, default ``4·√R``, at most ``R/39``, trained on a
     random sample of at most 64 references a cluster); a query is compared with the references of its ``probes``
     nearest clusters (default: 32, or a 30th of the lists when that is more: 43 at 100,000 references, 134 at 1M).
-    Recall@1 against exact search: 0.994 on the real `train` embeddings, 1.0 on simulated ones up to 200,000, 0.993 at
+    Recall@1 against exact search: 0.994 on the real `train` embeddings, 1.0 on simulated ones up to 200,000, 0.996 at
     1M (where 32 probes gave 0.975; benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed
     clusters hold fewer than ``k`` references is searched again over all clusters, so ``k`` neighbours always come
     back. Ties between equal vectors fall either way.
