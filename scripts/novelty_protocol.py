@@ -4,7 +4,8 @@ thresholds that `identify` calibrates on the reference itself (leave-one-out, re
 `val_unseen` label is used). Reports, for the global threshold and for the per-genus thresholds (genus of the best
 neighbour), the balanced accuracy, the share of known queries cleared and of novel ones flagged, and the AUROC of
 the score (best cosine similarity, minus the threshold in use); plus the best balanced accuracy any single
-threshold reaches. Writes the JSON to --output.
+threshold reaches; and, for the per-genus rule, the shares cleared and flagged by the query's length in A/C/G/T
+bases (short reads are flagged more often). Writes the JSON to --output.
 
 python scripts/novelty_protocol.py --data ../shared/data/barcodes.tsv.gz --model pretrained/barcodemae-small-genus
 """
@@ -37,6 +38,30 @@ def flag_scores(known: np.ndarray, novel: np.ndarray) -> dict[str, float]:
     }
 
 
+LENGTH_BINS = (0, 300, 400, 500, 600, 10_000)
+
+
+def by_length(known: np.ndarray, novel: np.ndarray, known_bases: np.ndarray, novel_bases: np.ndarray) -> list[dict]:
+    """Known queries cleared and novel ones flagged (margins as in :func:`flag_scores`) per query length bin."""
+    rows = []
+    for low, high in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]):
+        k, n = known[(known_bases >= low) & (known_bases < high)], novel[(novel_bases >= low) & (novel_bases < high)]
+        rows.append(
+            {
+                "bases": f"{low}-{high - 1}" if high < LENGTH_BINS[-1] else f"{low}+",
+                "known_queries": len(k),
+                "known_cleared": round(float((k >= 0).mean()), 4) if len(k) else None,
+                "novel_queries": len(n),
+                "novel_flagged": round(float((n < 0).mean()), 4) if len(n) else None,
+            }
+        )
+    return rows
+
+
+def acgt_bases(sequences: list[str]) -> np.ndarray:
+    return np.array([sum(map(s.count, "ACGT")) for s in sequences])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -58,6 +83,7 @@ def main() -> None:
     index = ReferenceIndex(refs, [], genus, species, args.model, threshold, calibration)
     (known_idx, known_sim), (novel_idx, novel_sim) = (nearest_neighbors(q, refs) for q in (known_emb, novel_emb))
     per_genus = [np.array([index.threshold_for(genus[i]) for i in idx[:, 0]]) for idx in (known_idx, novel_idx)]
+    known_margin, novel_margin = known_sim[:, 0] - per_genus[0], novel_sim[:, 0] - per_genus[1]
     result = {
         "model": args.model,
         "known_queries": len(known_sim),
@@ -66,8 +92,11 @@ def main() -> None:
         "genera_with_own_threshold": len(calibration["genus_thresholds"]),
         "calibration": {k: v for k, v in calibration.items() if k != "genus_thresholds"},
         "global_threshold": flag_scores(known_sim[:, 0] - threshold, novel_sim[:, 0] - threshold),
-        "per_genus_thresholds": flag_scores(known_sim[:, 0] - per_genus[0], novel_sim[:, 0] - per_genus[1]),
+        "per_genus_thresholds": flag_scores(known_margin, novel_margin),
         "best_balanced_accuracy_any_single_threshold": round(_best_split(known_sim[:, 0], novel_sim[:, 0])[1], 4),
+        "per_genus_by_length": by_length(
+            known_margin, novel_margin, acgt_bases(known), acgt_bases(protocol.unseen.sequences)
+        ),
     }
     text = json.dumps(result, indent=2)
     print(text)
