@@ -26,10 +26,18 @@ from barcodemae.io import atomic_text
 from barcodemae.search import nearest_neighbors
 
 
+def share_cleared(margins: np.ndarray) -> float:
+    return float((margins >= 0).mean())
+
+
+def share_flagged(margins: np.ndarray) -> float:
+    return float((margins < 0).mean())
+
+
 def flag_scores(known: np.ndarray, novel: np.ndarray) -> dict[str, float]:
     """Scores of a margin ``similarity - threshold`` (a query is flagged novel when it is negative)."""
     labels = np.r_[np.zeros(len(known)), np.ones(len(novel))]
-    cleared, flagged = float((known >= 0).mean()), float((novel < 0).mean())
+    cleared, flagged = share_cleared(known), share_flagged(novel)
     return {
         "balanced_accuracy": round((cleared + flagged) / 2, 4),
         "known_cleared": round(cleared, 4),
@@ -50,9 +58,9 @@ def by_length(known: np.ndarray, novel: np.ndarray, known_bases: np.ndarray, nov
             {
                 "bases": f"{low}-{high - 1}" if high < LENGTH_BINS[-1] else f"{low}+",
                 "known_queries": len(k),
-                "known_cleared": round(float((k >= 0).mean()), 4) if len(k) else None,
+                "known_cleared": round(share_cleared(k), 4) if len(k) else None,
                 "novel_queries": len(n),
-                "novel_flagged": round(float((n < 0).mean()), 4) if len(n) else None,
+                "novel_flagged": round(share_flagged(n), 4) if len(n) else None,
             }
         )
     return rows
