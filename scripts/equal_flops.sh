@@ -6,8 +6,9 @@
 # On the CPU run it in the background with nohup; run it again to continue from the last checkpoint.
 # Training FLOPs per step of 64 barcodes, counted by torch.utils.flop_counter in benchmarks/pretrain_step.py
 # (benchmarks/results/pretrain_step.json, small preset, mask 0.5): MLM 0.156 TFLOP; MAE with the light 2 x 128
-# decoder 0.0947 (with the visible-token loss: 0.106); MAE with a decoder as large as the encoder, the paper's recipe
-# (masked-token loss only) 0.221; MAE as the small preset ships (that decoder and the visible-token loss) 0.243; at the
+# decoder 0.0947 (with the visible-token loss: 0.106, the small preset's MAE since session 11); MAE with a decoder as
+# large as the encoder, the paper's recipe (masked-token loss only) 0.221; with that decoder and the visible-token loss
+# (the shipped barcodemae-small's recipe, the small preset's until session 11) 0.243; at the
 # paper's size (configs/paper.json, encoder and decoder 6 x 6 x 768; pretrain_step_h200.json at batch 256 / 4)
 # MLM 1.92, MAE 2.82.
 # max_steps = budget / (FLOP per step at BATCH); warm-up is 5% of it and the cosine schedule anneals to 0 at
@@ -20,14 +21,16 @@ name=$1
 budget=${2:-0.25}
 batch=${BATCH:-64}
 preset=${PRESET:-small}
+big_decoder=(--decoder_hidden_size 256 --decoder_num_hidden_layers 4 --decoder_num_attention_heads 4
+  --decoder_intermediate_size 1024)  # as large as the small encoder
 case $name in
   mlm) tflop=0.156; extra=(--objective mlm) ;;
   mae-light) tflop=0.0947; extra=(--objective mae --decoder_hidden_size 128 --decoder_num_hidden_layers 2
     --decoder_num_attention_heads 4 --decoder_intermediate_size 512 --visible_loss_weight 0) ;;
   mae-light-vis) tflop=0.106; extra=(--objective mae --decoder_hidden_size 128 --decoder_num_hidden_layers 2
     --decoder_num_attention_heads 4 --decoder_intermediate_size 512 --visible_loss_weight 1) ;;
-  mae-big) tflop=0.221; extra=(--objective mae --visible_loss_weight 0) ;;
-  mae-shipped) tflop=0.243; extra=(--objective mae) ;;
+  mae-big) tflop=0.221; extra=(--objective mae "${big_decoder[@]}" --visible_loss_weight 0) ;;
+  mae-shipped) tflop=0.243; extra=(--objective mae "${big_decoder[@]}" --visible_loss_weight 1) ;;
   paper-mlm) tflop=1.92; preset=paper; extra=(--objective mlm) ;;
   paper-mae) tflop=2.82; preset=paper; extra=(--objective mae) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;

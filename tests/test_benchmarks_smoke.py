@@ -32,11 +32,12 @@ def run(module, tmp_path, *extra: str) -> dict:
 def test_pretrain_step(tmp_path):
     result = run(pretrain_step, tmp_path, "--profile", "--profile-top", "3")
     small = result["small"]
-    assert set(small["cases"]) == {"mae@0.5", "mlm@0.5", "mae@0.75", "mlm@0.75", "shipped-mae@0.5"}
+    cases = {"mae@0.5", "mlm@0.5", "mae@0.75", "mlm@0.75", "preset-mae@0.5", "big-decoder-mae@0.5"}
+    assert set(small["cases"]) == cases
     for case in [*small["cases"].values(), *result["paper"]["cases"].values()]:
         assert {"per_s", "median_s", "peak_step_mb", "params_and_adam_state_mb", "achieved_tflops"} <= case.keys()
         assert case["per_s"] > 0 and case["achieved_tflops"] > 0 and case["mfu"] is None  # no MFU on CPU
-    assert set(small["ratios"]) == {"mae/mlm@0.5", "mae/mlm@0.75", "shipped-mae/mlm@0.5"}
+    assert set(small["ratios"]) == {"mae/mlm@0.5", "mae/mlm@0.75", "preset-mae/mlm@0.5", "big-decoder-mae/mlm@0.5"}
     assert set(result["paper"]["ratios"]) == {"ours_mae/reference_mae", "ours_mae/ours_mlm"}
     assert small["padding"]["mae@0.5"]["encoder_input_shape"][1] < small["padding"]["mae@0.5"]["batch_full_length"]
     for profile in result["profile"].values():
