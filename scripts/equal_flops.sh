@@ -21,8 +21,10 @@ name=$1
 budget=${2:-0.25}
 batch=${BATCH:-64}
 preset=${PRESET:-small}
-big_decoder=(--decoder_hidden_size 256 --decoder_num_hidden_layers 4 --decoder_num_attention_heads 4
-  --decoder_intermediate_size 1024)  # as large as the small encoder
+# a decoder as large as the preset's encoder (4 x 256 for small), for mae-big and mae-shipped
+read -ra big_decoder <<< "$(python3 -c "import json; c = json.load(open('configs/$preset.json'))
+print(' '.join(f'--decoder_{f} {c[f]}' for f in ('hidden_size', 'num_hidden_layers', 'num_attention_heads',
+                                                  'intermediate_size')))")"
 case $name in
   mlm) tflop=0.156; extra=(--objective mlm) ;;
   mae-light) tflop=0.0947; extra=(--objective mae --decoder_hidden_size 128 --decoder_num_hidden_layers 2

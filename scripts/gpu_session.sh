@@ -24,7 +24,7 @@ BUDGET=${BUDGET:-2}
 BATCH=${BATCH:-256}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 BENCHMARK=${BENCHMARK:-1}
-RUNS_TO_DO=${RUNS_TO_DO:-"mlm mae-light mae-shipped"}
+RUNS_TO_DO=${RUNS_TO_DO:-"mlm mae-light-vis mae-shipped"}
 RUNS=/tmp/barcodemae-runs
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" "$RUNS"
