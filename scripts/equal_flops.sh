@@ -21,16 +21,16 @@ name=$1
 budget=${2:-0.25}
 batch=${BATCH:-64}
 preset=${PRESET:-small}
+light_decoder=(--decoder_hidden_size 128 --decoder_num_hidden_layers 2 --decoder_num_attention_heads 4
+  --decoder_intermediate_size 512)
 # a decoder as large as the preset's encoder (4 x 256 for small), for mae-big and mae-shipped
 read -ra big_decoder <<< "$(python3 -c "import json; c = json.load(open('configs/$preset.json'))
 print(' '.join(f'--decoder_{f} {c[f]}' for f in ('hidden_size', 'num_hidden_layers', 'num_attention_heads',
                                                   'intermediate_size')))")"
 case $name in
   mlm) tflop=0.156; extra=(--objective mlm) ;;
-  mae-light) tflop=0.0947; extra=(--objective mae --decoder_hidden_size 128 --decoder_num_hidden_layers 2
-    --decoder_num_attention_heads 4 --decoder_intermediate_size 512 --visible_loss_weight 0) ;;
-  mae-light-vis) tflop=0.106; extra=(--objective mae --decoder_hidden_size 128 --decoder_num_hidden_layers 2
-    --decoder_num_attention_heads 4 --decoder_intermediate_size 512 --visible_loss_weight 1) ;;
+  mae-light) tflop=0.0947; extra=(--objective mae "${light_decoder[@]}" --visible_loss_weight 0) ;;
+  mae-light-vis) tflop=0.106; extra=(--objective mae "${light_decoder[@]}" --visible_loss_weight 1) ;;
   mae-big) tflop=0.221; extra=(--objective mae "${big_decoder[@]}" --visible_loss_weight 0) ;;
   mae-shipped) tflop=0.243; extra=(--objective mae "${big_decoder[@]}" --visible_loss_weight 1) ;;
   paper-mlm) tflop=1.92; preset=paper; extra=(--objective mlm) ;;
