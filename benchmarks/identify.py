@@ -51,6 +51,15 @@ the ``val`` queries, and the paired difference ours minus vsearch.
 
 Run: ``python -m benchmarks.identify --data ../shared/data/barcodes.tsv.gz --threads 2`` (writes
 ``results/identify_real.json`` unless ``--output``).
+
+**Stages** (``--data ... --stages``): where one identify's time goes, on the same rows, in one process: Python
+start and imports (a subprocess importing `barcodemae.identify`), loading the model, loading the saved index,
+embedding the queries, exact cosine search (top 5), approximate search (top 5, faiss installed; its index built
+beforehand), and the whole `identify_file` (read, clean, embed, search, flag, write the TSV); seconds and ms a
+query, medians of interleaved rounds. The reference index is built once in process (its seconds reported apart).
+
+Run: ``python -m benchmarks.identify --data ../shared/data/barcodes.tsv.gz --stages --threads 1`` (writes
+``results/identify_stages.json`` unless ``--output``).
 """
 
 from __future__ import annotations
@@ -75,7 +84,7 @@ from barcodemae.baselines import vsearch_genus_1nn
 from barcodemae.embedding import DEFAULT_MODEL, Embedder, load_encoder
 from barcodemae.evaluation import Partition, identification_score, load_records, paired_difference, prepare_protocol
 from barcodemae.identify import INDEX_FILE, ReferenceIndex, build_index, identify_file, read_predictions
-from barcodemae.search import AnnIndex, CosineIndex
+from barcodemae.search import AnnIndex, CosineIndex, ann_available
 from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
 from benchmarks.common import (
     RESULTS_DIR,
@@ -129,14 +138,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, nargs="+", help="reference sizes for the scale benchmark")
     parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "identify_scale.png")
     parser.add_argument("--data", type=Path, help="real barcodes (table with a split column): the real-data mode")
+    parser.add_argument("--stages", action="store_true", help="with --data: time each stage of identify in process")
     parser.set_defaults(repeats=3)
     args = parser.parse_args(argv)
     if args.scale and args.data:
         parser.error("--scale and --data are separate modes")
+    if args.stages and not args.data:
+        parser.error("--stages needs --data")
     if args.output == RESULTS_DIR / "identify.json":
-        args.output = RESULTS_DIR / (
-            "identify_scale.json" if args.scale else "identify_real.json" if args.data else "identify.json"
-        )
+        name = "scale" if args.scale else "stages" if args.stages else "real" if args.data else None
+        args.output = RESULTS_DIR / (f"identify_{name}.json" if name else "identify.json")
     return args
 
 
@@ -144,6 +155,8 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.scale:
         return scale_main(args)
+    if args.stages:
+        return stages_main(args)
     if args.data:
         return data_main(args)
     device = setup(args)
@@ -562,6 +575,80 @@ def data_main(args: argparse.Namespace) -> dict[str, Any]:
         f"identify on real data: {len(reference)} train references, {len(every_query)} queries ({model_description})"
     )
     return report(args, machine, payload, data_tables(payload, build, title))
+
+
+# ------------------------------------------------------------------------------------------- stages
+def import_identify() -> None:
+    """A fresh Python importing the identify room (torch, transformers, barcodemae): a command's fixed start."""
+    subprocess.run([sys.executable, "-c", "import barcodemae.identify"], check=True)
+
+
+def stage_cases(
+    args, model_path: Path, index_folder: Path, query_file: Path, query_seqs: list[str], scratch: Path
+) -> tuple[dict, dict]:
+    """``(fixed-cost stages, per-query stages)``, each a callable on the same saved index, model and queries
+    (``query_seqs``: the barcodes of ``query_file``)."""
+    embedder = Embedder(*load_encoder(model_path, args.device), batch_size=args.batch_size, precision=args.precision)
+    index = ReferenceIndex.load(index_folder)
+    embeddings = embedder(query_seqs)
+    exact = CosineIndex(index.embeddings)
+    fixed = {
+        "Python start and imports (a subprocess)": import_identify,
+        "loading the model": lambda: load_encoder(model_path, args.device),
+        "loading the saved index (memory-mapped)": lambda: ReferenceIndex.load(index_folder),
+    }
+    per_query = {
+        "embedding the queries": lambda: embedder(query_seqs),
+        "exact cosine search, top 5": lambda: exact.search(embeddings, 5),
+    }
+    if ann_available():
+        ann = AnnIndex.build(np.asarray(index.embeddings))
+        per_query["approximate search (faiss, built beforehand), top 5"] = lambda: ann.search(embeddings, 5)
+    output = scratch / "predictions.tsv"
+    per_query["identify_file (read, clean, embed, search, flag, write the TSV)"] = lambda: identify_file(
+        query_file, output, index, embedder, progress=False
+    )
+    return fixed, per_query
+
+
+def stages_main(args: argparse.Namespace) -> dict[str, Any]:
+    device = setup(args)
+    machine = machine_info(device)
+    reference, queries, description = real_split(args.data)
+    every_query = [record for part in queries.values() for record in part]
+    with tempfile.TemporaryDirectory(prefix="barcodemae-stages-") as tmp:
+        scratch = Path(tmp)
+        model_path, model_description = model_folder(args, scratch)
+        reference_file = write_tsv(reference, scratch / "train.tsv", split_column=False)
+        query_file = write_fasta(
+            [{"processid": r["processid"], "dna_barcode": r["dna_barcode"]} for r in every_query],
+            scratch / "queries.fasta",
+        )
+        embedder = Embedder(*load_encoder(model_path, args.device), batch_size=args.batch_size)
+        start = time.perf_counter()
+        index, _ = build_index(reference_file, embedder, str(model_path), search="exact", progress=False)
+        build_s = time.perf_counter() - start
+        index.save(scratch / "index")
+        fixed, per_query = stage_cases(
+            args, model_path, scratch / "index", query_file, [r["dna_barcode"] for r in every_query], scratch
+        )
+        times = time_interleaved(fixed | per_query, args.repeats, args.warmup, device)
+    n = len(every_query)
+    stages = {name: summarize(values, n) for name, values in times.items()}
+    for name in per_query:
+        stages[name]["ms_per_query"] = 1000 * stages[name]["median_s"] / n
+    payload = {
+        "model": model_description,
+        "data": {"source": str(args.data), "references": len(reference), "queries": n, "protocol": description},
+        "reference_index_build_s": build_s,
+        "stages": stages,
+    }
+    rows = [
+        {"stage": name, "median s": s["median_s"], "ms a query": s.get("ms_per_query")} for name, s in stages.items()
+    ]
+    rows.append({"stage": "building the reference index (once, exact search)", "median s": build_s})
+    title = f"identify stages: {len(reference)} train references, {n} queries ({model_description})"
+    return report(args, machine, payload, {title: format_table(rows, ["stage", "median s", "ms a query"])})
 
 
 if __name__ == "__main__":

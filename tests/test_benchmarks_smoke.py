@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,17 @@ def test_embed(tmp_path):
     assert result["ratios"]
 
 
+def split_table(tmp_path) -> Path:
+    """A tiny table with a split column: 2 genera x 3 species x 4 specimens; species 3 of each genus unseen, one
+    specimen of the others in val."""
+    from barcodemae.simulate import simulate_barcodes, write_tsv
+
+    records = simulate_barcodes(1, 1, 2, 3, 4, seed=1)
+    for i, record in enumerate(records):
+        record["split"] = "val_unseen" if i % 12 >= 8 else "val" if i % 4 == 3 else "train"
+    return write_tsv(records, tmp_path / "barcodes.tsv")
+
+
 @pytest.mark.skipif(shutil.which("vsearch") is None, reason="vsearch not installed")
 def test_identify(tmp_path):
     result = run(identify, tmp_path)
@@ -92,12 +104,7 @@ def test_identify_scale(tmp_path):
 
 @pytest.mark.skipif(shutil.which("vsearch") is None, reason="vsearch not installed")
 def test_identify_real_data_mode(tmp_path):
-    from barcodemae.simulate import simulate_barcodes, write_tsv
-
-    records = simulate_barcodes(1, 1, 2, 3, 4, seed=1)  # 2 genera x 3 species x 4 specimens
-    for i, record in enumerate(records):  # species 3 of each genus unseen; one specimen of the others in val
-        record["split"] = "val_unseen" if i % 12 >= 8 else "val" if i % 4 == 3 else "train"
-    data = write_tsv(records, tmp_path / "barcodes.tsv")
+    data = split_table(tmp_path)
     result = run(identify, tmp_path, "--data", str(data), "--warmup", "0")
     assert 0 < result["data"]["references"] <= 12  # unique barcodes
     assert result["data"]["queries"] == {"val_unseen": 8, "val": 4}
@@ -114,3 +121,15 @@ def test_identify_real_data_mode(tmp_path):
     assert (
         target["per_species_genus_vsearch"] == result["accuracy"][identify.VSEARCH]["val_unseen_genus"]["per_species"]
     )
+
+
+def test_identify_stages_mode(tmp_path):
+    data = split_table(tmp_path)
+    result = run(identify, tmp_path, "--data", str(data), "--stages")
+    assert result["data"]["queries"] == 12 and result["reference_index_build_s"] > 0
+    stages = result["stages"]
+    per_query = [name for name, stage in stages.items() if "ms_per_query" in stage]
+    assert len(stages) - len(per_query) == 3  # imports, model, index: fixed costs, no per-query figure
+    assert {"embedding the queries", "exact cosine search, top 5"} < set(per_query)
+    assert all(stage["median_s"] > 0 for stage in stages.values())
+    assert stages["Python start and imports (a subprocess)"]["median_s"] > stages["embedding the queries"]["median_s"]
