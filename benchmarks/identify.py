@@ -396,6 +396,13 @@ def real_split(data: Path) -> tuple[list[dict], dict[str, list[dict]], str]:
     return partition_records(protocol.train), queries, protocol.description
 
 
+def write_split(reference: list[dict], queries: list[dict], scratch: Path) -> tuple[Path, Path]:
+    """The reference as a labelled TSV and the queries as an unlabelled FASTA, in ``scratch``."""
+    reference_file = write_tsv(reference, scratch / "train.tsv", split_column=False)
+    query_records = [{"processid": r["processid"], "dna_barcode": r["dna_barcode"]} for r in queries]
+    return reference_file, write_fasta(query_records, scratch / "queries.fasta")
+
+
 def identify_command(*arguments: str, threads: int) -> list[str]:
     """A ``barcodemae identify`` command line, run by this Python."""
     return [sys.executable, "-m", "barcodemae.cli", "identify", *arguments, "--threads", str(threads), "--quiet"]
@@ -551,11 +558,7 @@ def data_main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="barcodemae-real-") as tmp:
         scratch = Path(tmp)
         model_path, model_description = model_folder(args, scratch)
-        reference_file = write_tsv(reference, scratch / "train.tsv", split_column=False)
-        query_file = write_fasta(
-            [{"processid": r["processid"], "dna_barcode": r["dna_barcode"]} for r in every_query],
-            scratch / "queries.fasta",
-        )
+        reference_file, query_file = write_split(reference, every_query, scratch)
         build = build_saved_index(args, reference_file, model_path, scratch / "index")
         commands = identify_cases(args, query_file, scratch / "index", scratch)
         times, calls = time_commands(args, commands, reference, every_query, device)
@@ -619,11 +622,7 @@ def stages_main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="barcodemae-stages-") as tmp:
         scratch = Path(tmp)
         model_path, model_description = model_folder(args, scratch)
-        reference_file = write_tsv(reference, scratch / "train.tsv", split_column=False)
-        query_file = write_fasta(
-            [{"processid": r["processid"], "dna_barcode": r["dna_barcode"]} for r in every_query],
-            scratch / "queries.fasta",
-        )
+        reference_file, query_file = write_split(reference, every_query, scratch)
         embedder = Embedder(*load_encoder(model_path, args.device), batch_size=args.batch_size)
         start = time.perf_counter()
         index, _ = build_index(reference_file, embedder, str(model_path), search="exact", progress=False)
