@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import data_path, embed, identify, pretrain_step
+from benchmarks import allocator, data_path, embed, identify, pretrain_step
 
 COMMON = ["--tiny", "--threads", "1", "--repeats", "1", "--warmup", "1"]
 
@@ -133,3 +133,12 @@ def test_identify_stages_mode(tmp_path):
     assert {"embedding the queries", "exact cosine search, top 5"} < set(per_query)
     assert all(stage["median_s"] > 0 for stage in stages.values())
     assert stages["Python start and imports (a subprocess)"]["median_s"] > stages["embedding the queries"]["median_s"]
+
+
+def test_allocator(tmp_path):
+    result = run(allocator, tmp_path)
+    cases = result["cases"]
+    assert "glibc malloc" in cases and set(cases) | set(result["skipped"]) == {"glibc malloc", *allocator.LIBRARIES}
+    assert cases["glibc malloc"]["speed_vs_glibc"] == 1.0 and cases["glibc malloc"]["rss_vs_glibc"] == 1.0
+    for case in cases.values():
+        assert case["median_step_s"] > 0 and 0 < case["rss_mb"] <= case["peak_mb"]
