@@ -14,6 +14,7 @@ Run: ``python -m benchmarks.allocator --threads 2 --repeats 2``.
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import statistics
@@ -28,10 +29,7 @@ import torch
 
 from benchmarks.common import ROOT, base_parser, format_table, load_preset, machine_info, report, setup, speed_ratio
 
-LIBRARIES = {
-    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-}
+LIBRARIES = {"tcmalloc": "tcmalloc_minimal", "jemalloc": "jemalloc"}  # names for ctypes.util.find_library
 UNTIMED_STEPS = 5
 RESULT_PREFIX = "allocator-result: "
 
@@ -92,7 +90,8 @@ def main(argv=None) -> dict[str, Any]:
         return {}
     device = setup(args)
     machine = machine_info(device)
-    libraries = {"glibc malloc": None} | {name: path for name, path in LIBRARIES.items() if Path(path).is_file()}
+    found = {name: ctypes.util.find_library(library) for name, library in LIBRARIES.items()}
+    libraries = {"glibc malloc": None} | {name: soname for name, soname in found.items() if soname}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in libraries}
     for _ in range(args.repeats):
         for name, library in libraries.items():
@@ -106,6 +105,7 @@ def main(argv=None) -> dict[str, Any]:
         case["speed_vs_glibc"] = speed_ratio(step_times, name, "glibc malloc")["ratio_of_medians"]
         case["rss_vs_glibc"] = case["rss_mb"] / cases["glibc malloc"]["rss_mb"]
     payload = {
+        "libraries": libraries,
         "objective": args.objective,
         "steps": args.steps,
         "skipped": sorted(set(LIBRARIES) - set(libraries)),
