@@ -187,17 +187,6 @@ class Embedder:
             output = restored
         return output
 
-    def iter_chunks(self, sequences: Iterable[str], chunk_size: int = 8192) -> Iterator[np.ndarray]:
-        """Stream embeddings for an arbitrarily long iterable, one ``(<=chunk_size, hidden)`` array at a time."""
-        chunk: list[str] = []
-        for sequence in sequences:
-            chunk.append(sequence)
-            if len(chunk) == chunk_size:
-                yield self(chunk)
-                chunk = []
-        if chunk:
-            yield self(chunk)
-
     def _tokenize(self, batch: list[str]):
         """Padded ids and attention mask; BarcodeMAE tokenizers have a numpy path with the same result."""
         if hasattr(self.tokenizer, "encode_barcodes"):

@@ -424,12 +424,6 @@ def first_occurrence_indices(sequences: Sequence[str]) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def deduplicate_partition(sequences: Sequence[str], *columns: Sequence) -> tuple[list, ...]:
-    """Keep each distinct barcode once (first occurrence); ``columns`` (labels, ids) are filtered alike."""
-    keep = first_occurrence_indices(sequences)
-    return tuple([column[i] for i in keep] for column in (sequences, *columns))
-
-
 def _label(value: Any) -> str | None:
     """A usable label or None (missing: None, NaN, empty, 'nan', 'None')."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -6,7 +6,7 @@ One interface, :class:`Searcher` (``len(s)``, ``s.search(queries, k) -> (indices
 * :class:`CosineIndex`: exact, in bounded memory (torch matmul over reference chunks);
 * :class:`AnnIndex`: approximate, a faiss inverted-file index over the unit vectors (``pip install 'barcodemae[ann]'``).
 
-:func:`build_searcher` picks one by ``method``: ``"exact"``, ``"ann"`` or ``"auto"`` (approximate from
+:func:`resolve_method` picks one by ``method``: ``"exact"``, ``"ann"`` or ``"auto"`` (approximate from
 :data:`ANN_MIN_REFERENCES` references on, when faiss is installed). The library and the threshold were chosen by
 measurement (``benchmarks/search.py``, benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only
 faiss's IVF index kept recall@1 >= 0.99 of exact search on the real embeddings (whose species form tight clusters
@@ -189,13 +189,6 @@ def resolve_method(method: str, n_references: int) -> str:
     if method == "ann":
         _faiss()  # refused now when missing, not after a long embedding
     return method
-
-
-def build_searcher(references: np.ndarray, method: str = "exact") -> CosineIndex | AnnIndex:
-    """An exact or approximate index over ``references`` (see :func:`resolve_method`)."""
-    if resolve_method(method, len(references)) == "ann":
-        return AnnIndex.build(references)
-    return CosineIndex(references)
 
 
 def set_threads(threads: int) -> None:

@@ -28,13 +28,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import BertConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 
 
 # ------------------------------------------------------------------------------------------- arguments
@@ -210,12 +208,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def random_barcodes(lengths: Sequence[int], seed: int = 0) -> list[str]:
-    """Uniform random ACGT strings of the given lengths."""
-    rng = np.random.default_rng(seed)
-    return [BASES[rng.integers(0, 4, size=int(n))].tobytes().decode() for n in lengths]
-
-
 def simulated_barcodes(count: int, length: int = 660, end_variation: int = 1, seed: int = 0) -> list[str]:
     """``count`` COI-like barcodes from `barcodemae.simulate` (``length - 2*end_variation``..``length`` bp)."""
     from barcodemae.simulate import simulate_barcodes

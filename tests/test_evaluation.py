@@ -154,9 +154,8 @@ def test_linear_probe_separable_and_exclusions():
 
 
 # -------------------------------------------------------------------------------------------- protocol
-def test_deduplicate_partition_keeps_first_occurrence():
-    seqs, labels = ev.deduplicate_partition(["AC", "GT", "AC", "TT", "GT"], ["x", "y", "z", "w", "v"])
-    assert seqs == ["AC", "GT", "TT"] and labels == ["x", "y", "w"]
+def test_first_occurrence_indices_keep_the_first_of_each_barcode():
+    assert ev.first_occurrence_indices(["AC", "GT", "AC", "TT", "GT"]).tolist() == [0, 1, 3]
 
 
 def test_protocol_split_invariants(protocol):

@@ -12,7 +12,6 @@ from barcodemae.search import (
     AnnIndex,
     CosineIndex,
     alignment_identity,
-    build_searcher,
     rerank_by_alignment,
     resolve_method,
 )
@@ -57,9 +56,6 @@ def test_search_method_choice():
     assert resolve_method("exact", 10**7) == "exact" and resolve_method("ann", 3) == "ann"
     with pytest.raises(ValueError, match="exact, ann, auto"):
         resolve_method("hnsw", 10)
-    refs = clustered(5, 4)
-    assert isinstance(build_searcher(refs, "auto"), CosineIndex)
-    assert isinstance(build_searcher(refs, "ann"), AnnIndex)
 
 
 def test_missing_optional_libraries_say_how_to_install(monkeypatch):
