@@ -38,11 +38,6 @@ def protocol(records):
     return ev.prepare_protocol(records)  # no split column: assign_bioscan_splits
 
 
-def _one_hot(labels) -> np.ndarray:
-    classes, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
-    return np.eye(len(classes), dtype=np.float32)[codes]
-
-
 # ------------------------------------------------------------------------------------------- metrics
 def test_accuracy_and_macro_f1_hand_computed():
     assert ev.accuracy([1, 2, 3], [1, 2, 2]) == pytest.approx(200 / 3)
