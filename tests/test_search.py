@@ -95,3 +95,33 @@ def test_ann_probes_grow_with_the_lists():
     assert AnnIndex.build(refs, lists=60).index.nprobe == 32
     assert AnnIndex.build(refs, lists=1500).index.nprobe == 50
     assert AnnIndex.build(refs, lists=20).index.nprobe == 20  # never more probes than lists
+
+
+def test_bf16_first_pass_returns_the_float32_search(monkeypatch):
+    # half the queries sit among near-duplicates (spread 1e-4, below bf16's rounding) that the first pass cannot
+    # tell apart, so those rows must be searched again in float32; the others are clear of their neighbours
+    rng = np.random.default_rng(3)
+    loose = clustered(60, 50, seed=4)
+    tight = np.repeat(rng.normal(size=(20, 32)), 50, axis=0) + 1e-4 * rng.normal(size=(1000, 32))
+    refs = np.concatenate([loose, tight]).astype(np.float32)
+    queries = np.concatenate([clustered(60, 50, seed=5)[::25], tight[::25] + 1e-4 * rng.normal(size=(40, 32))])
+    exact, fast = (CosineIndex(refs, precision=p, reference_chunk=1000) for p in ("fp32", "bf16"))  # same chunks: the
+    # float32 pass rounds near-ties the same way
+    assert fast.bf16 and not exact.bf16
+    again = []
+    float32_pass = fast._search_block
+    monkeypatch.setattr(fast, "_search_block", lambda block, k: again.append(len(block)) or float32_pass(block, k))
+    for k in (1, 5):
+        (want_idx, want_sim), (got_idx, got_sim) = exact.search(queries, k=k), fast.search(queries, k=k, chunk_size=64)
+        np.testing.assert_array_equal(got_idx, want_idx)
+        np.testing.assert_allclose(got_sim, want_sim, atol=1e-6)
+    assert 0 < sum(again) < 2 * len(queries)  # both kinds of rows occurred
+
+
+def test_bf16_first_pass_ties_and_choice():
+    refs = np.ones((300, 4), dtype=np.float32)
+    indices, sims = CosineIndex(refs, precision="bf16", reference_chunk=64).search(np.ones((3, 4)), k=1)
+    assert (indices == 0).all() and np.allclose(sims, 1.0)
+    assert not CosineIndex(refs).bf16  # below BF16_MIN_REFERENCES one float32 pass is used
+    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
+        CosineIndex(refs, precision="fp16")
