@@ -14,7 +14,9 @@
 # max_steps = budget / (FLOP per step at BATCH); warm-up is 5% of it and the cosine schedule anneals to 0 at
 # max_steps. Sixteen checkpoints are kept per run (the FLOP curve of results/equal-flops.md is measured on them).
 # Environment: BATCH (64), LR (5e-4 at batch 64, scaled by sqrt(BATCH/64)), DEVICE (cpu | cuda: bf16, 4 loader
-# workers), THREADS (1, CPU), RUNS (runs: git-ignored), PYTHON (.venv/bin/python).
+# workers), BF16 (1: bf16 autocast on the CPU too, ~2-3x faster steps where the CPU has AVX-512 BF16 or AMX;
+# default 0, fp32, as every CPU run before session 13), THREADS (1, CPU), RUNS (runs: git-ignored; ../shared/runs
+# in this workplace, where runs survive the session), PYTHON (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1
@@ -40,11 +42,12 @@ esac
 steps=$(python3 -c "print(max(16, round($budget * 1000 / ($tflop * $batch / 64) / 16) * 16))")
 lr=${LR:-$(python3 -c "print(f'{5e-4 * ($batch / 64) ** 0.5:.3g}')")}
 out=${RUNS:-runs}/eqflop-$budget-$name
-if [ "${DEVICE:-cpu}" = cuda ]; then device=(--bf16 true --tf32 true --dataloader_num_workers 4)
-else device=(--use_cpu true); fi
+if [ "${DEVICE:-cpu}" = cuda ]; then device=(--bf16 true --tf32 true --dataloader_num_workers 4); precision=bf16
+elif [ "${BF16:-0}" = 1 ]; then device=(--use_cpu true --bf16 true); precision=bf16
+else device=(--use_cpu true); precision=fp32; fi
 mkdir -p "$out"
-printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s}\n' \
-  "$name" "$budget" "$tflop" "$batch" "$steps" > "$out/budget.json"
+printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s, "precision": "%s"}\n' \
+  "$name" "$budget" "$tflop" "$batch" "$steps" "$precision" > "$out/budget.json"
 resume=()
 last=$(ls -d "$out"/checkpoint-* 2>/dev/null | sort -V | tail -1 || true)
 [ -n "$last" ] && resume=(--resume_from_checkpoint "$last")
