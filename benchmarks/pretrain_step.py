@@ -19,6 +19,8 @@ the model on every step.
   paper``) preset: top ops by self CPU time (with input shapes; on CUDA: GPU kernels by kernel time) and the time
   in forward / backward / optimizer.
 * ``--bf16`` (autocast), ``--compile``, ``--device cuda``: the GPU run; MFU from `torch.utils.flop_counter`.
+* ``--precision-ratio``: the small MLM and preset MAE at mask 0.5 also under bf16 autocast, in the same rounds
+  (``BF16=1`` of scripts/equal_flops.sh on a CPU with bf16 matmul in hardware).
 
 Run: ``python -m benchmarks.pretrain_step --threads 2 --profile``.
 """
@@ -167,11 +169,14 @@ def build(kind: str, config, device: torch.device, compile: bool = False) -> tup
 
 
 def measure(
-    cases: dict[str, tuple[nn.Module, torch.optim.Optimizer]], batch: Batch, args, device
+    cases: dict[str, tuple[nn.Module, torch.optim.Optimizer]], batch: Batch, args, device, bf16: set[str] = frozenset()
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
-    """Per-case throughput, memory and model FLOP utilisation, and the raw per-round step times."""
-    autocast = torch.bfloat16 if args.bf16 else None
-    steps = {name: train_step(model, optimizer, batch, autocast) for name, (model, optimizer) in cases.items()}
+    """Per-case throughput, memory and model FLOP utilisation, and the raw per-round step times; the cases named
+    in ``bf16`` (all with ``--bf16``) run under bf16 autocast."""
+    steps = {
+        name: train_step(model, optimizer, batch, torch.bfloat16 if args.bf16 or name in bf16 else None)
+        for name, (model, optimizer) in cases.items()
+    }
     times = time_interleaved(steps, args.repeats, args.warmup, device)
     peak = peak_tflops(args, device)
     results = {}
@@ -337,6 +342,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument("--profile-preset", choices=("small", "paper"), default="small")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as the Trainer's --bf16)")
+    parser.add_argument(
+        "--precision-ratio", action="store_true", help="also the small MLM and preset MAE under bf16 autocast"
+    )
     parser.add_argument("--peak-tflops", type=float, help="peak for MFU (default: 989.4 on an H100/H200)")
     return parser.parse_args(argv)
 
@@ -370,10 +378,15 @@ def small_benchmark(args, device, preset: str) -> dict[str, Any]:
         cases[f"mlm@{ratio}"] = case("mlm", ratio)
     cases["preset-mae@0.5"] = case("mae", 0.5)  # the preset as it trains: its decoder and visible-token loss
     cases["big-decoder-mae@0.5"] = case("mae", 0.5, **decoder_like_encoder(preset))
-    results, times = measure(cases, batch, args, device)
+    bf16 = {f"{name} bf16" for name in ("mlm@0.5", "preset-mae@0.5")} if args.precision_ratio else set()
+    for name in bf16:
+        cases[name] = case("mae" if "mae" in name else "mlm", 0.5)
+    results, times = measure(cases, batch, args, device, bf16)
     ratios = {f"mae/mlm@{r}": speed_ratio(times, f"mae@{r}", f"mlm@{r}") for r in (0.5, 0.75)}
     for name in ("preset-mae", "big-decoder-mae"):
         ratios[f"{name}/mlm@0.5"] = speed_ratio(times, f"{name}@0.5", "mlm@0.5")
+    for name in sorted(bf16):
+        ratios[f"{name}/fp32"] = speed_ratio(times, name, name.removesuffix(" bf16"))
     padding = {f"mae@{r}": encoder_padding(cases[f"mae@{r}"][0], batch) for r in (0.5, 0.75)}
     return {"preset": preset, "batch_size": args.batch_size, "cases": results, "ratios": ratios, "padding": padding}
 

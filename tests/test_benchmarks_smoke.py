@@ -46,6 +46,12 @@ def test_pretrain_step(tmp_path):
         assert set(profile["phases_ms"]) == {"forward", "backward", "optimizer"}
 
 
+def test_pretrain_step_precision_ratio(tmp_path):
+    small = run(pretrain_step, tmp_path, "--skip-paper", "--precision-ratio")["small"]
+    assert {"mlm@0.5 bf16", "preset-mae@0.5 bf16"} <= small["cases"].keys()
+    assert {"mlm@0.5 bf16/fp32", "preset-mae@0.5 bf16/fp32"} <= small["ratios"].keys()
+
+
 def test_data_path(tmp_path):
     result = run(data_path, tmp_path, "--num-proc", "1")
     assert result["rows"] == 3000 and result["cleaning"]["n_kept"] == 3000
