@@ -58,7 +58,7 @@ class CosineIndex:
     :data:`BF16_CANDIDATES` best references (or ``4 k``), which are then scored in float32. A row is kept only
     when its k-th float32 score beats the best any other reference could reach (the candidates' lowest bf16 score
     plus a bound on bf16's rounding, :meth:`_bf16_error`); other rows are searched again in float32 alone. So the
-    result is the float32 search's, ~2-3x faster (benchmarks/RESULTS.md). ``precision="fp32"`` turns it off.
+    result is the float32 search's, ~1.8-2x faster (benchmarks/RESULTS.md). ``precision="fp32"`` turns it off.
 
     Memory: the references (R×D float32, and R×D bf16 for the first pass) plus one ``query_chunk ×
     reference_chunk`` similarity block, so a 1M-reference set is searched without an R-wide matrix. Ties: for
