@@ -14,9 +14,9 @@
 # max_steps = budget / (FLOP per step at BATCH); warm-up is 5% of it and the cosine schedule anneals to 0 at
 # max_steps. Sixteen checkpoints are kept per run (the FLOP curve of results/equal-flops.md is measured on them).
 # Environment: BATCH (64), LR (5e-4 at batch 64, scaled by sqrt(BATCH/64)), DEVICE (cpu | cuda: bf16, 4 loader
-# workers), BF16 (1: bf16 autocast on the CPU too, ~2-3x faster steps where the CPU has AVX-512 BF16 or AMX;
-# default 0, fp32, as every CPU run before session 13), THREADS (1, CPU), RUNS (runs: git-ignored; ../shared/runs
-# in this workplace, where runs survive the session), PYTHON (.venv/bin/python).
+# workers), BF16 (1: bf16 autocast on the CPU too, ~2x faster steps where the CPU has AVX-512 BF16 or AMX;
+# default 0, fp32, as every CPU run before session 13), THREADS (1, CPU), RUNS (runs: git-ignored; see
+# DEVELOPERS.md for where a run outlives a session), PYTHON (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1
