@@ -91,13 +91,15 @@ def readouts_to_score(point: dict, readouts: list[str], species_probe: bool) -> 
 
 
 def baseline_run(run: Path) -> Path:
-    """The MLM run of the same budget (``runs/eqflop-BUDGET-mlm``), the baseline of the paired differences."""
-    budget = json.loads((run / "budget.json").read_text())["budget_pflop"]
-    return run.parent / f"eqflop-{budget:g}-mlm"
+    """The MLM run of the same budget and size (``runs/eqflop-BUDGET-mlm``, ``-paper-mlm`` for the paper's size),
+    the baseline of the paired differences."""
+    budget = json.loads((run / "budget.json").read_text())
+    size = "paper-" if budget["recipe"].startswith("paper-") else ""
+    return run.parent / f"eqflop-{budget['budget_pflop']:g}-{size}mlm"
 
 
 def paired_against_mlm(
-    run: Path, points: dict, results: dict, readout: str, protocol: Protocol, cache_dir: str
+    run: Path, points: dict, results: dict, readout: str, protocol: Protocol, cache_dir: str, precision: str
 ) -> None:
     """For each of ``points`` (steps of a non-MLM run), genus 1-NN minus the MLM's at the nearest scored training
     FLOPs (within 10%), per species and micro with paired bootstrap intervals, stored as ``minus_mlm``."""
@@ -114,7 +116,12 @@ def paired_against_mlm(
         if abs(scored[mlm_step]["training_tflop"] - tflop) > 0.1 * tflop:
             continue
         ours, theirs = (
-            nearest_genus(*frozen_embeddings(Embedder.from_pretrained(checkpoint), readout, parts, cache_dir), refs)
+            nearest_genus(
+                *frozen_embeddings(
+                    Embedder.from_pretrained(checkpoint, precision=precision), readout, parts, cache_dir
+                ),
+                refs,
+            )
             for checkpoint in (run / f"checkpoint-{step}", baseline / f"checkpoint-{mlm_step}")
         )
         difference = paired_difference(ours, theirs, protocol.unseen.genus, protocol.unseen.species)
@@ -145,7 +152,7 @@ def markdown_table(results: dict) -> str:
                     run.removeprefix("eqflop-"),
                     step,
                     f"{point['training_tflop']:.0f}",
-                    readout,
+                    readout if "precision" not in r else f"{readout} ({r['precision']})",
                     f"{r['per_species']:.2f} [{low:.1f}, {high:.1f}]",
                     f"{r['micro']:.2f}",
                     f"{r['effective_rank']:.1f}",
@@ -168,6 +175,9 @@ def main() -> None:
     parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"], help="also mean_whitened (analysis)")
     parser.add_argument("--species-probe", action="store_true", help="also the species probe at each run's last point")
     parser.add_argument("--paired", action="store_true", help="at those checkpoints, paired differences from the MLM")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="embed under bf16 autocast (recorded per point)"
+    )
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", type=Path, default=Path("results/equal-flops.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/equal-flops.png"))
@@ -186,10 +196,12 @@ def main() -> None:
             todo = readouts_to_score(point, args.readout, probe)
             if not todo:
                 continue
-            embedder = Embedder.from_pretrained(checkpoint)
+            embedder = Embedder.from_pretrained(checkpoint, precision=args.precision)
             for readout in todo:
                 started = time.perf_counter()
                 point[readout] = score(embedder, readout, protocol, args.cache_dir, probe)
+                if args.precision != "fp32":
+                    point[readout]["precision"] = args.precision
                 print(
                     f"{run.name} step {step} {readout:9s} {point[readout]['per_species']:.2f} per species, "
                     f"{point[readout]['micro']:.2f} micro ({time.perf_counter() - started:.0f} s)",
@@ -203,7 +215,7 @@ def main() -> None:
             chosen = {path.name.split("-")[1] for path in checkpoints(run, args.every, args.at_tflop)}
             points = {step: point for step, point in results[run.name].items() if step in chosen}
             for readout in args.readout:
-                paired_against_mlm(run, points, results, readout, protocol, args.cache_dir)
+                paired_against_mlm(run, points, results, readout, protocol, args.cache_dir, args.precision)
         with atomic_text(args.output) as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
     plot_flop_curves({name: points for name, points in results.items() if name != "protocol"}, args.plot)

@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--embedding-frames", type=int, help="override the models' reading frames")
     parser.add_argument("--random-init", action="store_true", help="also each model's untrained twin (seed 0)")
     parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="embed under bf16 autocast (rows named so)"
+    )
+    parser.add_argument(
         "--paired-with", nargs="*", default=["vsearch top hit", "k-mer 8 counts"], help="rows to difference against"
     )
     parser.add_argument("--unseen-split", default="val_unseen")
@@ -77,7 +80,8 @@ def main() -> None:
     if args.vsearch:
         started = time.perf_counter()
         record("vsearch top hit", vsearch_genus_1nn(queries.sequences, refs.sequences, list(ref_genus)), started)
-    for name, embedder in encoders(args.model, args.random_init):
+    suffix = ", bf16" if args.precision == "bf16" else ""
+    for name, embedder in encoders(args.model, args.random_init, args.precision):
         if args.embedding_frames is not None:
             embedder.model.config.embedding_frames = args.embedding_frames
         for readout in args.readout or [embedder.model.config.readout]:
@@ -87,20 +91,21 @@ def main() -> None:
             )
             nearest, _ = nearest_neighbors(query_emb, ref_emb)
             frames = embedder.model.config.embedding_frames
-            record(f"{name} ({readout}, {frames} frame{'s' if frames > 1 else ''})", ref_genus[nearest[:, 0]], started)
+            row = f"{name} ({readout}, {frames} frame{'s' if frames > 1 else ''}{suffix})"
+            record(row, ref_genus[nearest[:, 0]], started)
 
 
-def encoders(paths: list[str], random_init: bool) -> list[tuple[str, Embedder]]:
+def encoders(paths: list[str], random_init: bool, precision: str = "fp32") -> list[tuple[str, Embedder]]:
     """Each model folder's embedder; with ``random_init`` also its untrained twin (same config,
     ``torch.manual_seed(0)``: `barcodemae evaluate`'s random-init row)."""
     out = []
     for path in paths:
-        embedder = Embedder.from_pretrained(path)
+        embedder = Embedder.from_pretrained(path, precision=precision)
         out.append((path, embedder))
         if random_init:
             torch.manual_seed(0)
             twin = type(embedder.model)(embedder.model.config).to(embedder.model.device).eval()
-            out.append((f"{path} random init", Embedder(twin, embedder.tokenizer)))
+            out.append((f"{path} random init", Embedder(twin, embedder.tokenizer, precision=precision)))
     return out
 
 

@@ -49,24 +49,34 @@ def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path, monkeypat
     import flop_curve
 
     mlm = make_run(tmp_path, [100, 200])
-    (mlm / "budget.json").write_text(json.dumps({"budget_pflop": 0.25}))
+    (mlm / "budget.json").write_text(json.dumps({"recipe": "mlm", "budget_pflop": 0.25}))
     mae = tmp_path / "eqflop-0.25-mae-light"
     mae.mkdir()
-    (mae / "budget.json").write_text(json.dumps({"budget_pflop": 0.25}))
+    (mae / "budget.json").write_text(json.dumps({"recipe": "mae-light", "budget_pflop": 0.25}))
     truth, species = ["a", "a", "b", "b"], ["s1", "s1", "s2", "s3"]
     predictions = {"eqflop-0.25-mlm": ["a", "x", "b", "x"], "eqflop-0.25-mae-light": ["a", "a", "b", "x"]}
-    monkeypatch.setattr(flop_curve.Embedder, "from_pretrained", staticmethod(lambda path: Path(path).parent.name))
+    monkeypatch.setattr(flop_curve.Embedder, "from_pretrained", staticmethod(lambda path, **kw: Path(path).parent.name))
     monkeypatch.setattr(flop_curve, "frozen_embeddings", lambda run, *args: [run, run])
     monkeypatch.setattr(flop_curve, "nearest_genus", lambda run, query_run, refs: predictions[run])
     unseen = type("Partition", (), {"genus": truth, "species": species})
     protocol = type("Protocol", (), {"unseen": unseen, "train": None})()
     results = {mlm.name: {"100": {"training_tflop": 15.6, "mean": {}}, "200": {"training_tflop": 31.2, "mean": {}}}}
     points = {"330": {"training_tflop": 31.3, "mean": {}}, "900": {"training_tflop": 90.0, "mean": {}}}
-    flop_curve.paired_against_mlm(mae, points, results, "mean", protocol, "unused")
+    flop_curve.paired_against_mlm(mae, points, results, "mean", protocol, "unused", "fp32")
     assert points["330"]["mean"]["minus_mlm"]["mlm_step"] == 200
     assert points["330"]["mean"]["minus_mlm"]["micro"] == 25.0
     assert points["330"]["mean"]["minus_mlm"]["per_species"] == round(100 * 0.5 / 3, 2)
     assert "minus_mlm" not in points["900"]["mean"]  # no MLM point within 10% of its FLOPs
+
+
+def test_paper_size_runs_are_paired_with_the_paper_size_mlm(tmp_path):
+    from flop_curve import baseline_run
+
+    for recipe, baseline in [("paper-mae", "eqflop-0.5-paper-mlm"), ("mae-light-vis", "eqflop-0.5-mlm")]:
+        run = tmp_path / f"eqflop-0.5-{recipe}"
+        run.mkdir()
+        (run / "budget.json").write_text(json.dumps({"recipe": recipe, "budget_pflop": 0.5}))
+        assert baseline_run(run) == tmp_path / baseline
 
 
 def test_whitened_readout_uses_reference_statistics_only(monkeypatch):
@@ -100,6 +110,8 @@ def test_markdown_table_lists_every_point_with_its_paired_difference():
     assert len(table) == 3
     assert table[2].startswith("| 0.25-mae-light | 2640 | 250 | kmer_bag | 61.00 [55.0, 66.0] | 50.00 | 90.0 | – |")
     assert table[2].endswith("| -6.21 [-9.5, -3.0] |")
+    results["eqflop-0.25-mae-light"]["2640"]["kmer_bag"]["precision"] = "bf16"
+    assert "| 250 | kmer_bag (bf16) | 61.00" in markdown_table(results)
 
 
 def test_only_readouts_not_yet_scored_are_scored_again():

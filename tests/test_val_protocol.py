@@ -23,3 +23,11 @@ def test_random_init_twin_is_seeded_and_untrained(tmp_path):
     _, (_, again) = encoders([folder], random_init=True)
     assert all(torch.equal(twin_weights[key], value) for key, value in again.model.state_dict().items())
     assert len(encoders([folder], random_init=False)) == 1
+
+
+def test_precision_reaches_the_trained_model_and_its_twin(tmp_path):
+    model, tokenizer = tiny_pretraining_model(seed=1)
+    model.save_encoder(tmp_path / "encoder", tokenizer)
+    embedders = [embedder for _, embedder in encoders([str(tmp_path / "encoder")], True, precision="bf16")]
+    assert [embedder.autocast_dtype for embedder in embedders] == [torch.bfloat16, torch.bfloat16]
+    assert encoders([str(tmp_path / "encoder")], False)[0][1].autocast_dtype is None
