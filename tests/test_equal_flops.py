@@ -3,7 +3,10 @@ preset's MAE step is the cheaper one (issue 13's second target)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,9 +26,9 @@ def budgeted_tflop(recipe: str) -> float:
     return float(match.group(1))
 
 
-def preset_step_tflop(objective: str, batch_size: int = 4) -> float:
-    """Counted training FLOPs of one `small`-preset step, scaled to a batch of 64."""
-    model = BarcodeMAEForPreTraining(load_preset("small", objective=objective))
+def preset_step_tflop(objective: str, batch_size: int = 4, preset: str = "small", **overrides) -> float:
+    """Counted training FLOPs of one step of the preset, scaled to a batch of 64."""
+    model = BarcodeMAEForPreTraining(load_preset(preset, objective=objective, **overrides))
     step = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), make_batch(batch_size, torch.device("cpu")))
     return step_flops(step) * (64 / batch_size) / 1e12
 
@@ -42,3 +45,35 @@ def test_the_script_budgets_the_small_presets_flops(small_preset_tflop):
 
 def test_the_small_presets_mae_step_is_cheaper_than_its_mlm_step(small_preset_tflop):
     assert small_preset_tflop["mae"] < 0.75 * small_preset_tflop["mlm"]
+
+
+def test_the_script_budgets_the_paper_sizes_flops():
+    counted = {
+        "paper-mlm": preset_step_tflop("mlm", preset="paper"),
+        "paper-mae": preset_step_tflop("mae", preset="paper", mask_ratio=0.5),
+        "paper-mae-vis": preset_step_tflop("mae", preset="paper", mask_ratio=0.5, visible_loss_weight=1.0),
+    }
+    for recipe, tflop in counted.items():
+        assert tflop == pytest.approx(budgeted_tflop(recipe), rel=0.02), recipe
+
+
+@pytest.mark.parametrize(
+    ("recipe", "budget", "steps", "save_steps"),
+    [
+        ("mlm", 0.25, 1600, 100),  # long runs: a multiple of 16, sixteen checkpoints
+        ("paper-mae", 0.25, 88, 11),  # short runs: a multiple of 8, eight checkpoints
+    ],
+)
+def test_steps_meet_the_budget_within_three_percent(tmp_path, recipe, budget, steps, save_steps):
+    run = subprocess.run(
+        ["bash", str(SCRIPT), recipe, str(budget)],
+        env={**os.environ, "RUNS": str(tmp_path), "PYTHON": "echo"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    arguments = run.stdout.split()
+    assert int(arguments[arguments.index("--max_steps") + 1]) == steps
+    assert int(arguments[arguments.index("--save_steps") + 1]) == save_steps
+    assert steps * budgeted_tflop(recipe) == pytest.approx(budget * 1000, rel=0.03)
+    assert json.loads((tmp_path / f"eqflop-{budget}-{recipe}" / "budget.json").read_text())["max_steps"] == steps
