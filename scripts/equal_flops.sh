@@ -42,9 +42,8 @@ case $name in
   paper-mae-vis) tflop=2.88; preset=paper; extra=(--objective mae --visible_loss_weight 1) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
-exact=$(python3 -c "print($budget * 1000 / ($tflop * $batch / 64))")
-saves=$(python3 -c "print(16 if $exact >= 256 else 8)")
-steps=$(python3 -c "print(max($saves, round($exact / $saves) * $saves))")
+read -r steps saves <<< "$(python3 -c "exact = $budget * 1000 / ($tflop * $batch / 64); saves = 16 if exact >= 256 else 8
+print(max(saves, round(exact / saves) * saves), saves)")"
 lr=${LR:-$(python3 -c "print(f'{5e-4 * ($batch / 64) ** 0.5:.3g}')")}
 out=${RUNS:-runs}/eqflop-$budget-$name
 if [ "${DEVICE:-cpu}" = cuda ]; then device=(--bf16 true --tf32 true --dataloader_num_workers 4); precision=bf16

@@ -108,6 +108,11 @@ def paired_against_mlm(
     if baseline == run or not scored:
         return
     refs, parts = protocol.train, [protocol.train, protocol.unseen]
+
+    def genus_of(checkpoint: Path) -> list:
+        embedder = Embedder.from_pretrained(checkpoint, precision=precision)
+        return nearest_genus(*frozen_embeddings(embedder, readout, parts, cache_dir), refs)
+
     for step, point in points.items():
         if readout not in point:
             continue
@@ -116,13 +121,7 @@ def paired_against_mlm(
         if abs(scored[mlm_step]["training_tflop"] - tflop) > 0.1 * tflop:
             continue
         ours, theirs = (
-            nearest_genus(
-                *frozen_embeddings(
-                    Embedder.from_pretrained(checkpoint, precision=precision), readout, parts, cache_dir
-                ),
-                refs,
-            )
-            for checkpoint in (run / f"checkpoint-{step}", baseline / f"checkpoint-{mlm_step}")
+            genus_of(checkpoint) for checkpoint in (run / f"checkpoint-{step}", baseline / f"checkpoint-{mlm_step}")
         )
         difference = paired_difference(ours, theirs, protocol.unseen.genus, protocol.unseen.species)
         point[readout]["minus_mlm"] = {"mlm_step": int(mlm_step), **difference}
