@@ -153,12 +153,17 @@ class IdentificationScore:
         )
 
 
+def correct_predictions(predicted: Sequence, truth: Sequence) -> np.ndarray:
+    """1.0 where a prediction equals the truth (compared as strings), 0.0 elsewhere; ``None`` counts wrong."""
+    return np.array([p is not None and str(p) == str(t) for p, t in zip(predicted, truth)], dtype=np.float64)
+
+
 def identification_score(
     predicted: Sequence, truth: Sequence, species: Sequence, resamples: int = 2000, seed: int = 0
 ) -> IdentificationScore:
     """Score predicted labels (e.g. genus of the nearest reference; None counts wrong) against ``truth``, grouping
     queries by ``species`` for the per-species mean and its species-level bootstrap."""
-    correct = np.array([p is not None and str(p) == str(t) for p, t in zip(predicted, truth)], dtype=np.float64)
+    correct = correct_predictions(predicted, truth)
     if len(correct) == 0:
         raise ValueError("no queries to score")
     _, group = np.unique(np.asarray(species, dtype=object).astype(str), return_inverse=True)
@@ -201,8 +206,15 @@ def paired_difference(
     """Accuracy of A minus accuracy of B on the same queries, per species and micro (percentage points), with
     paired bootstrap 95% intervals (the same resampled species / queries for both): much tighter than comparing
     two separate intervals."""
-    a = np.array([p is not None and str(p) == str(t) for p, t in zip(predicted_a, truth)], dtype=np.float64)
-    b = np.array([p is not None and str(p) == str(t) for p, t in zip(predicted_b, truth)], dtype=np.float64)
+    a, b = correct_predictions(predicted_a, truth), correct_predictions(predicted_b, truth)
+    return paired_hit_difference(a, b, species, resamples, seed)
+
+
+def paired_hit_difference(
+    a: np.ndarray, b: np.ndarray, species: Sequence, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """:func:`paired_difference` from each query's correctness under A and under B (0/1 arrays in query order)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     _, group = np.unique(np.asarray(species, dtype=object).astype(str), return_inverse=True)
     counts = np.bincount(group)
     per_group = (np.bincount(group, weights=a) - np.bincount(group, weights=b)) / counts

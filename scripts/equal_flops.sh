@@ -50,8 +50,8 @@ if [ "${DEVICE:-cpu}" = cuda ]; then device=(--bf16 true --tf32 true --dataloade
 elif [ "${BF16:-0}" = 1 ]; then device=(--use_cpu true --bf16 true); precision=bf16
 else device=(--use_cpu true); precision=fp32; fi
 mkdir -p "$out"
-printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s, "precision": "%s"}\n' \
-  "$name" "$budget" "$tflop" "$batch" "$steps" "$precision" > "$out/budget.json"
+printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s, "precision": "%s", "learning_rate": %s}\n' \
+  "$name" "$budget" "$tflop" "$batch" "$steps" "$precision" "$lr" > "$out/budget.json"
 resume=()
 last=$(ls -d "$out"/checkpoint-* 2>/dev/null | sort -V | tail -1 || true)
 [ -n "$last" ] && resume=(--resume_from_checkpoint "$last")

@@ -1,8 +1,10 @@
 """Issue 13's curves: the val protocol's genus 1-NN (per species and micro, bootstrap intervals) and the effective
 rank of the frozen encoder along equal-FLOP pretraining runs (scripts/equal_flops.sh), one point per checkpoint, with
 the training FLOPs it had. Embeddings are cached as in scripts/val_protocol.py and points already in --output are
-kept, so re-running adds only new ones. ``--paired`` adds each MAE point's difference from the same budget's MLM at
-matching FLOPs (paired bootstrap).
+kept, so re-running adds only new ones. Each scored readout keeps which queries it got right (``hits``: packed
+bits, base64, in the protocol's query order, fingerprinted by ``queries_sha256``), so ``--paired`` computes each MAE
+point's difference from the same budget's MLM at matching FLOPs (paired bootstrap) from the results file alone: the
+two runs may be trained and scored in different sessions, their checkpoints long gone.
 
 python scripts/flop_curve.py --data ../shared/data/barcodes.tsv.gz --runs runs/eqflop-0.25-mlm \
     runs/eqflop-0.25-mae-light --every 4 --readout mean kmer_bag --output results/equal-flops.json
@@ -11,6 +13,8 @@ python scripts/flop_curve.py --data ../shared/data/barcodes.tsv.gz --runs runs/e
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,17 +25,25 @@ from val_protocol import readout_embeddings
 from barcodemae.embedding import Embedder
 from barcodemae.evaluation import (
     Protocol,
+    correct_predictions,
     effective_rank,
     harmonic_mean,
     identification_score,
     linear_probe,
     load_records,
-    paired_difference,
+    paired_hit_difference,
     prepare_protocol,
 )
 from barcodemae.io import atomic_text
 from barcodemae.plots import plot_flop_curves
 from barcodemae.search import nearest_neighbors
+
+METADATA = ("protocol", "queries_sha256")  # the results file's keys that are not runs
+
+
+def scored_runs(results: dict) -> dict:
+    """The results file's runs (run name -> step -> point), without its metadata."""
+    return {name: points for name, points in results.items() if name not in METADATA}
 
 
 def checkpoints(run: Path, every: int, at_tflop: list[float] | None = None) -> list[Path]:
@@ -69,14 +81,32 @@ def nearest_genus(ref_emb: np.ndarray, query_emb: np.ndarray, refs) -> list:
     return [refs.genus[i] for i in nearest[:, 0]]
 
 
+def pack_hits(correct: np.ndarray) -> str:
+    """Which queries were right, as packed bits in base64 (~1 KB for the val protocol's 6,078 queries)."""
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii")
+
+
+def unpack_hits(packed: str, n_queries: int) -> np.ndarray:
+    """The 0/1 correctness array :func:`pack_hits` packed."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), dtype=np.uint8))
+    return bits[:n_queries].astype(np.float64)
+
+
+def queries_sha256(protocol: Protocol) -> str:
+    """Fingerprint of the unseen queries in protocol order: stored hits are only comparable under the same one."""
+    return hashlib.sha256("\n".join(protocol.unseen.sequences).encode()).hexdigest()
+
+
 def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, species_probe: bool) -> dict:
     """Genus 1-NN of the unseen queries (per species, micro, intervals), the queries' effective rank and, with
     ``species_probe``, the species linear probe (train -> val) and the harmonic means with the genus numbers."""
     refs, queries, val = protocol.train, protocol.unseen, protocol.test
     parts = [refs, queries, val] if species_probe else [refs, queries]
     ref_emb, query_emb, *val_emb = frozen_embeddings(embedder, readout, parts, cache_dir)
-    genus = identification_score(nearest_genus(ref_emb, query_emb, refs), queries.genus, queries.species)
-    result = {**genus.as_dict(), "effective_rank": effective_rank(query_emb)}
+    predicted = nearest_genus(ref_emb, query_emb, refs)
+    genus = identification_score(predicted, queries.genus, queries.species)
+    hits = pack_hits(correct_predictions(predicted, queries.genus))
+    result = {**genus.as_dict(), "effective_rank": effective_rank(query_emb), "hits": hits}
     if species_probe:
         probe = linear_probe(ref_emb, refs.species, val_emb[0], val.species)
         result["species_probe_val"] = probe
@@ -98,32 +128,25 @@ def baseline_run(run: Path) -> Path:
     return run.parent / f"eqflop-{budget['budget_pflop']:g}-{size}mlm"
 
 
-def paired_against_mlm(
-    run: Path, points: dict, results: dict, readout: str, protocol: Protocol, cache_dir: str, precision: str
-) -> None:
+def paired_against_mlm(run: Path, points: dict, results: dict, readout: str, protocol: Protocol) -> None:
     """For each of ``points`` (steps of a non-MLM run), genus 1-NN minus the MLM's at the nearest scored training
-    FLOPs (within 10%), per species and micro with paired bootstrap intervals, stored as ``minus_mlm``."""
+    FLOPs (within 10%), per species and micro with paired bootstrap intervals, stored as ``minus_mlm``; computed
+    from the stored ``hits`` of both points (points scored before hits were kept are left as they are)."""
     baseline = baseline_run(run)
-    scored = {step: point for step, point in results.get(baseline.name, {}).items() if readout in point}
+    scored = {step: point[readout] for step, point in results.get(baseline.name, {}).items() if readout in point}
+    scored = {step: (results[baseline.name][step]["training_tflop"], r) for step, r in scored.items() if "hits" in r}
     if baseline == run or not scored:
         return
-    refs, parts = protocol.train, [protocol.train, protocol.unseen]
-
-    def genus_of(checkpoint: Path) -> list:
-        embedder = Embedder.from_pretrained(checkpoint, precision=precision)
-        return nearest_genus(*frozen_embeddings(embedder, readout, parts, cache_dir), refs)
-
+    n_queries, species = len(protocol.unseen.species), protocol.unseen.species
     for step, point in points.items():
-        if readout not in point:
+        if "hits" not in point.get(readout, {}):
             continue
         tflop = point["training_tflop"]
-        mlm_step = min(scored, key=lambda other: abs(scored[other]["training_tflop"] - tflop))
-        if abs(scored[mlm_step]["training_tflop"] - tflop) > 0.1 * tflop:
+        mlm_step = min(scored, key=lambda other: abs(scored[other][0] - tflop))
+        if abs(scored[mlm_step][0] - tflop) > 0.1 * tflop:
             continue
-        ours, theirs = (
-            genus_of(checkpoint) for checkpoint in (run / f"checkpoint-{step}", baseline / f"checkpoint-{mlm_step}")
-        )
-        difference = paired_difference(ours, theirs, protocol.unseen.genus, protocol.unseen.species)
+        ours, theirs = (unpack_hits(r["hits"], n_queries) for r in (point[readout], scored[mlm_step][1]))
+        difference = paired_hit_difference(ours, theirs, species)
         point[readout]["minus_mlm"] = {"mlm_step": int(mlm_step), **difference}
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)
 
@@ -136,9 +159,7 @@ def markdown_table(results: dict) -> str:
         " | − MLM per species [95%] |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for run, points in results.items():
-        if run == "protocol":
-            continue
+    for run, points in scored_runs(results).items():
         for step in sorted(points, key=int):
             point = points[step]
             for readout in sorted(set(point) - {"training_tflop"}):
@@ -185,6 +206,9 @@ def main() -> None:
 
     protocol = prepare_protocol(load_records(args.data)[0], seen_split="val", unseen_split="val_unseen")
     results = json.loads(args.output.read_text()) if args.output.exists() else {}
+    fingerprint = results.setdefault("queries_sha256", queries_sha256(protocol))
+    if fingerprint != queries_sha256(protocol):
+        raise SystemExit(f"{args.output} holds other val_unseen queries (or another order): use another --output")
     for run in args.runs:
         points = results.setdefault(run.name, {})
         chosen = checkpoints(run, args.every, args.at_tflop)
@@ -214,10 +238,10 @@ def main() -> None:
             chosen = {path.name.split("-")[1] for path in checkpoints(run, args.every, args.at_tflop)}
             points = {step: point for step, point in results[run.name].items() if step in chosen}
             for readout in args.readout:
-                paired_against_mlm(run, points, results, readout, protocol, args.cache_dir, args.precision)
+                paired_against_mlm(run, points, results, readout, protocol)
         with atomic_text(args.output) as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
-    plot_flop_curves({name: points for name, points in results.items() if name != "protocol"}, args.plot)
+    plot_flop_curves(scored_runs(results), args.plot)
     with atomic_text(args.table) as handle:
         handle.write(markdown_table(results))
 

@@ -76,4 +76,6 @@ def test_steps_meet_the_budget_within_three_percent(tmp_path, recipe, budget, st
     assert int(arguments[arguments.index("--max_steps") + 1]) == steps
     assert int(arguments[arguments.index("--save_steps") + 1]) == save_steps
     assert steps * budgeted_tflop(recipe) == pytest.approx(budget * 1000, rel=0.03)
-    assert json.loads((tmp_path / f"eqflop-{budget}-{recipe}" / "budget.json").read_text())["max_steps"] == steps
+    budget_json = json.loads((tmp_path / f"eqflop-{budget}-{recipe}" / "budget.json").read_text())
+    assert budget_json["max_steps"] == steps
+    assert budget_json["learning_rate"] == float(arguments[arguments.index("--learning_rate") + 1])

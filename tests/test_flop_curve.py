@@ -43,30 +43,57 @@ def test_flop_curve_plot(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path, monkeypatch):
-    """Each MAE point is compared with the same budget's MLM checkpoint nearest in FLOPs (within 10%), on the same
-    queries: here the MAE is right on one query more than the MLM."""
+def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path):
+    """Each MAE point is compared with the same budget's MLM point nearest in FLOPs (within 10%), on the same
+    queries, from the hits both stored (no checkpoint is read: here none exists): the MAE is right on one query
+    more than the MLM."""
     import flop_curve
 
-    mlm = make_run(tmp_path, [100, 200])
-    (mlm / "budget.json").write_text(json.dumps({"recipe": "mlm", "budget_pflop": 0.25}))
-    mae = tmp_path / "eqflop-0.25-mae-light"
-    mae.mkdir()
-    (mae / "budget.json").write_text(json.dumps({"recipe": "mae-light", "budget_pflop": 0.25}))
-    truth, species = ["a", "a", "b", "b"], ["s1", "s1", "s2", "s3"]
-    predictions = {"eqflop-0.25-mlm": ["a", "x", "b", "x"], "eqflop-0.25-mae-light": ["a", "a", "b", "x"]}
-    monkeypatch.setattr(flop_curve.Embedder, "from_pretrained", staticmethod(lambda path, **kw: Path(path).parent.name))
-    monkeypatch.setattr(flop_curve, "frozen_embeddings", lambda run, *args: [run, run])
-    monkeypatch.setattr(flop_curve, "nearest_genus", lambda run, query_run, refs: predictions[run])
-    unseen = type("Partition", (), {"genus": truth, "species": species})
-    protocol = type("Protocol", (), {"unseen": unseen, "train": None})()
-    results = {mlm.name: {"100": {"training_tflop": 15.6, "mean": {}}, "200": {"training_tflop": 31.2, "mean": {}}}}
-    points = {"330": {"training_tflop": 31.3, "mean": {}}, "900": {"training_tflop": 90.0, "mean": {}}}
-    flop_curve.paired_against_mlm(mae, points, results, "mean", protocol, "unused", "fp32")
+    mlm, mae = tmp_path / "eqflop-0.25-mlm", tmp_path / "eqflop-0.25-mae-light"
+    for run, recipe in [(mlm, "mlm"), (mae, "mae-light")]:
+        run.mkdir()
+        (run / "budget.json").write_text(json.dumps({"recipe": recipe, "budget_pflop": 0.25}))
+    species = ["s1", "s1", "s2", "s3"]
+    mlm_hits, mae_hits = flop_curve.pack_hits([1, 0, 1, 0]), flop_curve.pack_hits([1, 1, 1, 0])
+    results = {
+        mlm.name: {
+            "100": {"training_tflop": 15.6, "mean": {"hits": flop_curve.pack_hits([0, 0, 0, 0])}},
+            "200": {"training_tflop": 31.2, "mean": {"hits": mlm_hits}},
+        }
+    }
+    points = {
+        "330": {"training_tflop": 31.3, "mean": {"hits": mae_hits}},
+        "900": {"training_tflop": 90.0, "mean": {"hits": mae_hits}},
+        "950": {"training_tflop": 31.0, "mean": {"per_species": 50.0}},  # scored before hits were kept
+    }
+    protocol = type("Protocol", (), {"unseen": type("Partition", (), {"species": species})})()
+    flop_curve.paired_against_mlm(mae, points, results, "mean", protocol)
     assert points["330"]["mean"]["minus_mlm"]["mlm_step"] == 200
     assert points["330"]["mean"]["minus_mlm"]["micro"] == 25.0
     assert points["330"]["mean"]["minus_mlm"]["per_species"] == round(100 * 0.5 / 3, 2)
     assert "minus_mlm" not in points["900"]["mean"]  # no MLM point within 10% of its FLOPs
+    assert "minus_mlm" not in points["950"]["mean"]
+
+
+def test_hits_survive_packing_for_any_number_of_queries():
+    import numpy as np
+    from flop_curve import pack_hits, unpack_hits
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 6078):
+        correct = rng.integers(0, 2, n)
+        assert np.array_equal(unpack_hits(pack_hits(correct), n), correct)
+
+
+def test_query_fingerprint_follows_sequences_and_their_order():
+    from flop_curve import queries_sha256
+
+    def protocol(sequences):
+        return type("Protocol", (), {"unseen": type("Partition", (), {"sequences": sequences})})()
+
+    assert queries_sha256(protocol(["AC", "GT"])) == queries_sha256(protocol(["AC", "GT"]))
+    assert queries_sha256(protocol(["AC", "GT"])) != queries_sha256(protocol(["GT", "AC"]))
+    assert queries_sha256(protocol(["AC", "GT"])) != queries_sha256(protocol(["ACG", "T"]))
 
 
 def test_paper_size_runs_are_paired_with_the_paper_size_mlm(tmp_path):
