@@ -133,8 +133,7 @@ def paired_against_mlm(run: Path, points: dict, results: dict, readout: str, pro
     FLOPs (within 10%), per species and micro with paired bootstrap intervals, stored as ``minus_mlm``; computed
     from the stored ``hits`` of both points (points scored before hits were kept are left as they are)."""
     baseline = baseline_run(run)
-    scored = {step: point[readout] for step, point in results.get(baseline.name, {}).items() if readout in point}
-    scored = {step: (results[baseline.name][step]["training_tflop"], r) for step, r in scored.items() if "hits" in r}
+    scored = {step: p for step, p in results.get(baseline.name, {}).items() if "hits" in p.get(readout, {})}
     if baseline == run or not scored:
         return
     n_queries, species = len(protocol.unseen.species), protocol.unseen.species
@@ -142,10 +141,10 @@ def paired_against_mlm(run: Path, points: dict, results: dict, readout: str, pro
         if "hits" not in point.get(readout, {}):
             continue
         tflop = point["training_tflop"]
-        mlm_step = min(scored, key=lambda other: abs(scored[other][0] - tflop))
-        if abs(scored[mlm_step][0] - tflop) > 0.1 * tflop:
+        mlm_step = min(scored, key=lambda other: abs(scored[other]["training_tflop"] - tflop))
+        if abs(scored[mlm_step]["training_tflop"] - tflop) > 0.1 * tflop:
             continue
-        ours, theirs = (unpack_hits(r["hits"], n_queries) for r in (point[readout], scored[mlm_step][1]))
+        ours, theirs = (unpack_hits(p[readout]["hits"], n_queries) for p in (point, scored[mlm_step]))
         difference = paired_hit_difference(ours, theirs, species)
         point[readout]["minus_mlm"] = {"mlm_step": int(mlm_step), **difference}
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)
