@@ -133,7 +133,8 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path) ->
 
 def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Path:
     """Genus 1-NN per species (95% interval bars) against training FLOPs (log axis): one panel per readout, one line
-    per run; a recipe keeps its colour and a budget its line style (runs named ``eqflop-BUDGET-RECIPE``).
+    per run; a recipe keeps its colour and a budget its line style (runs named ``eqflop-BUDGET-RECIPE``); one
+    legend beside the panels, so that it hides no point.
     ``runs``: ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi]}}}}``.
     """
     readouts = sorted(
@@ -172,5 +173,6 @@ def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Pat
         ax.set_xlabel("training TFLOP (log)")
         ax.set_ylabel("val_unseen genus 1-NN, per species (%)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     return _save(fig, path)
