@@ -116,8 +116,11 @@ def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, 
 
 
 def readouts_to_score(point: dict, readouts: list[str], species_probe: bool) -> list[str]:
-    """The ``readouts`` a point still lacks (scored ones are kept), or lacks the species probe of when asked."""
-    return [r for r in readouts if r not in point or (species_probe and "species_probe_val" not in point[r])]
+    """The ``readouts`` a point still lacks (scored ones are kept), lacks the hits of (scored before hits were kept:
+    scored again, so that it can be paired) or lacks the species probe of when asked."""
+    return [
+        r for r in readouts if "hits" not in point.get(r, {}) or (species_probe and "species_probe_val" not in point[r])
+    ]
 
 
 def baseline_run(run: Path) -> Path:
