@@ -6,6 +6,7 @@ Matplotlib with the Agg backend; every PNG is written atomically (temporary file
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -133,14 +134,17 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path) ->
 
 def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Path:
     """Genus 1-NN per species (95% interval bars) against training FLOPs (log axis): one panel per readout, one line
-    per run; a recipe keeps its colour and a budget its line style (runs named ``eqflop-BUDGET-RECIPE``); one
-    legend beside the panels, so that it hides no point.
+    per run; a recipe keeps its colour and a budget its line style (runs named ``eqflop-BUDGET-RECIPE``), a run of
+    another seed (``-seedN``) its recipe's colour with square markers; one legend beside the panels, so that it
+    hides no point.
     ``runs``: ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi]}}}}``.
     """
     readouts = sorted(
         {key for points in runs.values() for point in points.values() for key in point} - {"training_tflop"}
     )
-    names = {run: run.removeprefix("eqflop-").partition("-")[::2] for run in runs}  # (budget, recipe)
+    names = {run: run.removeprefix("eqflop-").partition("-")[::2] for run in runs}  # (budget, recipe[-seedN])
+    seeded = {run for run, (_, recipe) in names.items() if re.search(r"-seed[0-9]+$", recipe)}
+    names = {run: (budget, re.sub(r"-seed[0-9]+$", "", recipe)) for run, (budget, recipe) in names.items()}
     recipes = list(dict.fromkeys(recipe or budget for budget, recipe in names.values()))
     budgets = sorted({budget for budget, recipe in names.values() if recipe}, key=float, reverse=True)
     fig, axes = plt.subplots(1, len(readouts), figsize=(6 * len(readouts), 4.5), squeeze=False)
@@ -159,7 +163,7 @@ def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Pat
                 x,
                 y,
                 yerr=[y - low, high - y],
-                marker="o",
+                marker="s" if run in seeded else "o",
                 ms=4,
                 capsize=2,
                 elinewidth=0.8,

@@ -18,7 +18,8 @@
 # Environment: BATCH (64), LR (5e-4 at batch 64, scaled by sqrt(BATCH/64)), DEVICE (cpu | cuda: bf16, 4 loader
 # workers), BF16 (1: bf16 autocast on the CPU too, ~2x faster steps where the CPU has AVX-512 BF16 or AMX;
 # default 0, fp32, as every CPU run before session 13), THREADS (1, CPU), RUNS (runs: git-ignored; see
-# DEVELOPERS.md for where a run outlives a session), PYTHON (.venv/bin/python).
+# DEVELOPERS.md for where a run outlives a session), SEED (0; another seed trains into eqflop-BUDGET-NAME-seedN,
+# which scripts/flop_curve.py --paired pairs with the MLM of the same seed), PYTHON (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1
@@ -45,13 +46,14 @@ esac
 read -r steps saves <<< "$(python3 -c "exact = $budget * 1000 / ($tflop * $batch / 64); saves = 16 if exact >= 256 else 8
 print(max(saves, round(exact / saves) * saves), saves)")"
 lr=${LR:-$(python3 -c "print(f'{5e-4 * ($batch / 64) ** 0.5:.3g}')")}
-out=${RUNS:-runs}/eqflop-$budget-$name
+seed=${SEED:-0}
+out=${RUNS:-runs}/eqflop-$budget-$name$([ "$seed" = 0 ] || echo "-seed$seed")
 if [ "${DEVICE:-cpu}" = cuda ]; then device=(--bf16 true --tf32 true --dataloader_num_workers 4); precision=bf16
 elif [ "${BF16:-0}" = 1 ]; then device=(--use_cpu true --bf16 true); precision=bf16
 else device=(--use_cpu true); precision=fp32; fi
 mkdir -p "$out"
-printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s, "precision": "%s", "learning_rate": %s}\n' \
-  "$name" "$budget" "$tflop" "$batch" "$steps" "$precision" "$lr" > "$out/budget.json"
+printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s, "precision": "%s", "learning_rate": %s, "seed": %s}\n' \
+  "$name" "$budget" "$tflop" "$batch" "$steps" "$precision" "$lr" "$seed" > "$out/budget.json"
 resume=()
 last=$(ls -d "$out"/checkpoint-* 2>/dev/null | sort -V | tail -1 || true)
 [ -n "$last" ] && resume=(--resume_from_checkpoint "$last")
@@ -59,5 +61,5 @@ OMP_NUM_THREADS=${THREADS:-1} HF_HUB_OFFLINE=1 exec "${PYTHON:-.venv/bin/python}
   --data_file "${DATA:-../shared/data/barcodes.tsv.gz}" --preset "$preset" --embedding_frames 1 \
   --output_dir "$out" --max_steps "$steps" --per_device_train_batch_size "$batch" --learning_rate "$lr" \
   --weight_decay 0.01 --warmup_steps $((steps / 20)) --lr_scheduler_type cosine --eval_strategy no \
-  --embedding_probe false --save_steps $((steps / saves)) --logging_steps 50 --seed 0 --disable_tqdm true \
+  --embedding_probe false --save_steps $((steps / saves)) --logging_steps 50 --seed "$seed" --disable_tqdm true \
   --report_to none "${device[@]}" "${extra[@]}" "${resume[@]}"

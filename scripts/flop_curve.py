@@ -16,6 +16,7 @@ import argparse
 import base64
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def checkpoints(run: Path, every: int, at_tflop: list[float] | None = None) -> l
     """Every ``every``-th checkpoint of a run, always including the last; with ``at_tflop``, instead the checkpoint
     nearest each of those training FLOPs (a point every recipe has, for an equal-FLOP comparison)."""
     found = sorted(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    if at_tflop:
+    if at_tflop and found:
         return sorted({min(found, key=lambda path: abs(training_tflop(path) - target)) for target in at_tflop})
     return [path for i, path in enumerate(found, start=1) if i % every == 0 or i == len(found)]
 
@@ -123,12 +124,25 @@ def readouts_to_score(point: dict, readouts: list[str], species_probe: bool) -> 
     ]
 
 
+RUN_NAME = re.compile(r"eqflop-(?P<budget>[0-9.]+)-(?P<recipe>[a-z-]+?)(?P<seed>-seed[0-9]+)?")
+
+
 def baseline_run(run: Path) -> Path:
-    """The MLM run of the same budget and size (``runs/eqflop-BUDGET-mlm``, ``-paper-mlm`` for the paper's size),
-    the baseline of the paired differences."""
-    budget = json.loads((run / "budget.json").read_text())
-    size = "paper-" if budget["recipe"].startswith("paper-") else ""
-    return run.parent / f"eqflop-{budget['budget_pflop']:g}-{size}mlm"
+    """The MLM run of the same budget, size and seed (``eqflop-BUDGET-mlm[-seedN]``, ``-paper-mlm`` for the paper's
+    size), the baseline of the paired differences; from the run's name alone, so a run whose folder is gone still
+    pairs."""
+    name = RUN_NAME.fullmatch(run.name)
+    if name is None:
+        raise ValueError(f"{run.name}: not a run of scripts/equal_flops.sh (eqflop-BUDGET-RECIPE[-seedN])")
+    size = "paper-" if name["recipe"].startswith("paper-") else ""
+    return run.parent / f"eqflop-{name['budget']}-{size}mlm{name['seed'] or ''}"
+
+
+def points_to_pair(run: Path, stored: dict, every: int, at_tflop: list[float] | None) -> dict:
+    """The stored points of ``run`` at the checkpoints ``every`` / ``at_tflop`` choose; all of them when its
+    checkpoints are gone (a run trained and scored in an earlier session)."""
+    chosen = {path.name.split("-")[1] for path in checkpoints(run, every, at_tflop)}
+    return {step: point for step, point in stored.items() if step in chosen or not chosen}
 
 
 def paired_against_mlm(run: Path, points: dict, results: dict, readout: str, protocol: Protocol) -> None:
@@ -191,7 +205,13 @@ def markdown_table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="folders runs/eqflop-BUDGET-RECIPE")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        required=True,
+        help="folders runs/eqflop-BUDGET-RECIPE[-seedN]; one that is gone: --paired pairs the points it stored",
+    )
     parser.add_argument("--every", type=int, default=4, help="score every N-th checkpoint (and the last)")
     parser.add_argument("--at-tflop", nargs="+", type=float, help="score the checkpoints nearest these TFLOP instead")
     parser.add_argument("--readout", nargs="+", default=["mean", "kmer_bag"], help="also mean_whitened (analysis)")
@@ -212,8 +232,8 @@ def main() -> None:
     if fingerprint != queries_sha256(protocol):
         raise SystemExit(f"{args.output} holds other val_unseen queries (or another order): use another --output")
     for run in args.runs:
-        points = results.setdefault(run.name, {})
         chosen = checkpoints(run, args.every, args.at_tflop)
+        points = results.setdefault(run.name, {}) if chosen else {}
         for checkpoint in chosen:
             step = checkpoint.name.split("-")[1]
             point = points.setdefault(step, {"training_tflop": training_tflop(checkpoint)})
@@ -237,8 +257,7 @@ def main() -> None:
                 handle.write(json.dumps(results, indent=2) + "\n")
     if args.paired:  # at the checkpoints chosen above
         for run in args.runs:
-            chosen = {path.name.split("-")[1] for path in checkpoints(run, args.every, args.at_tflop)}
-            points = {step: point for step, point in results[run.name].items() if step in chosen}
+            points = points_to_pair(run, results.get(run.name, {}), args.every, args.at_tflop)
             for readout in args.readout:
                 paired_against_mlm(run, points, results, readout, protocol)
         with atomic_text(args.output) as handle:

@@ -79,3 +79,17 @@ def test_steps_meet_the_budget_within_three_percent(tmp_path, recipe, budget, st
     budget_json = json.loads((tmp_path / f"eqflop-{budget}-{recipe}" / "budget.json").read_text())
     assert budget_json["max_steps"] == steps
     assert budget_json["learning_rate"] == float(arguments[arguments.index("--learning_rate") + 1])
+
+
+def test_another_seed_trains_into_its_own_run_and_records_it(tmp_path):
+    run = subprocess.run(
+        ["bash", str(SCRIPT), "mlm", "0.25"],
+        env={**os.environ, "RUNS": str(tmp_path), "PYTHON": "echo", "SEED": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    arguments = run.stdout.split()
+    assert arguments[arguments.index("--seed") + 1] == "1"
+    assert arguments[arguments.index("--output_dir") + 1] == str(tmp_path / "eqflop-0.25-mlm-seed1")
+    assert json.loads((tmp_path / "eqflop-0.25-mlm-seed1" / "budget.json").read_text())["seed"] == 1

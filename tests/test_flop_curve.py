@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from flop_curve import checkpoints, readouts_to_score, training_tflop  # noqa: E402
@@ -38,7 +40,10 @@ def test_training_flops_scale_with_steps_and_batch(tmp_path):
 
 def test_flop_curve_plot(tmp_path):
     point = {"per_species": 60.0, "per_species_interval": [55.0, 65.0]}
-    runs = {"eqflop-0.25-mlm": {"100": {"training_tflop": 15.6, "mean": point}, "200": {"training_tflop": 31.2}}}
+    runs = {
+        "eqflop-0.25-mlm": {"100": {"training_tflop": 15.6, "mean": point}, "200": {"training_tflop": 31.2}},
+        "eqflop-0.25-mlm-seed1": {"100": {"training_tflop": 15.6, "mean": point}},
+    }
     path = plot_flop_curves(runs, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -96,14 +101,30 @@ def test_query_fingerprint_follows_sequences_and_their_order():
     assert queries_sha256(protocol(["AC", "GT"])) != queries_sha256(protocol(["ACG", "T"]))
 
 
-def test_paper_size_runs_are_paired_with_the_paper_size_mlm(tmp_path):
+def test_each_run_is_paired_with_the_mlm_of_its_size_budget_and_seed_by_name_alone(tmp_path):
+    """No folder is needed: a run trained in an earlier session, its folder gone, still finds its baseline."""
     from flop_curve import baseline_run
 
-    for recipe, baseline in [("paper-mae", "eqflop-0.5-paper-mlm"), ("mae-light-vis", "eqflop-0.5-mlm")]:
-        run = tmp_path / f"eqflop-0.5-{recipe}"
-        run.mkdir()
-        (run / "budget.json").write_text(json.dumps({"recipe": recipe, "budget_pflop": 0.5}))
-        assert baseline_run(run) == tmp_path / baseline
+    for run, baseline in [
+        ("eqflop-0.5-paper-mae", "eqflop-0.5-paper-mlm"),
+        ("eqflop-0.5-paper-mae-vis", "eqflop-0.5-paper-mlm"),
+        ("eqflop-0.5-mae-light-vis", "eqflop-0.5-mlm"),
+        ("eqflop-0.25-mae-light-vis-seed1", "eqflop-0.25-mlm-seed1"),
+        ("eqflop-0.0625-mlm-seed2", "eqflop-0.0625-mlm-seed2"),
+    ]:
+        assert baseline_run(tmp_path / run) == tmp_path / baseline
+    with pytest.raises(ValueError, match="not a run"):
+        baseline_run(tmp_path / "my-run")
+
+
+def test_a_run_whose_checkpoints_are_gone_pairs_every_point_it_stored(tmp_path):
+    from flop_curve import points_to_pair
+
+    stored = {"100": {"training_tflop": 15.6}, "200": {"training_tflop": 31.2}, "300": {"training_tflop": 46.8}}
+    assert points_to_pair(tmp_path / "eqflop-0.25-mlm", stored, 1000, None) == stored
+    run = make_run(tmp_path, [100, 200, 300])
+    assert list(points_to_pair(run, stored, 1000, None)) == ["300"]  # on disk: the checkpoints chosen
+    assert list(points_to_pair(run, stored, 1, [15.0])) == ["100"]
 
 
 def test_whitened_readout_uses_reference_statistics_only(monkeypatch):
