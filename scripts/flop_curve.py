@@ -167,6 +167,50 @@ def paired_against_mlm(run: Path, points: dict, results: dict, readout: str, pro
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)
 
 
+def run_seed(run: str) -> int:
+    """The seed a run of scripts/equal_flops.sh trained with (0 unless named ``-seedN``)."""
+    return int((RUN_NAME.fullmatch(run)["seed"] or "-seed0").removeprefix("-seed"))
+
+
+def seed_table(results: dict, readout: str = "mean") -> str:
+    """Each recipe run with two or more seeds against the MLM of the same budget and seed, at the final points:
+    genus 1-NN per species of both, the paired difference [95%, queries resampled], and over the seeds the mean
+    and standard deviation of each (what training noise moves, which the bootstrap over queries does not see)."""
+    runs = scored_runs(results)
+    families: dict[tuple[str, str], list[str]] = {}
+    for run in runs:
+        name = RUN_NAME.fullmatch(run)
+        if name and not name["recipe"].endswith("mlm"):
+            families.setdefault((name["budget"], name["recipe"]), []).append(run)
+    lines = [
+        f"| budget (PFLOP) | recipe | seed | {readout}: recipe per species | MLM per species | recipe − MLM [95%] |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for (budget, recipe), members in families.items():
+        rows = []
+        for run in sorted(members, key=run_seed):
+            ours = final_point(runs[run]).get(readout, {})
+            theirs = final_point(runs.get(baseline_run(Path(run)).name, {})).get(readout, {})
+            if "minus_mlm" in ours and theirs:
+                rows.append((run_seed(run), ours["per_species"], theirs["per_species"], ours["minus_mlm"]))
+        if len(rows) < 2:
+            continue
+        for seed, ours, theirs, diff in rows:
+            low, high = diff["per_species_interval"]
+            difference = f"{diff['per_species']:+.2f} [{low:+.1f}, {high:+.1f}]"
+            lines.append(f"| {budget} | {recipe} | {seed} | {ours:.2f} | {theirs:.2f} | {difference} |")
+        values = np.array([[ours, theirs, diff["per_species"]] for _, ours, theirs, diff in rows])
+        mean, sd = values.mean(0), values.std(0, ddof=1)
+        cells = [f"{mean[0]:.2f} ± {sd[0]:.2f}", f"{mean[1]:.2f} ± {sd[1]:.2f}", f"{mean[2]:+.2f} ± {sd[2]:.2f}"]
+        lines.append(f"| {budget} | {recipe} | mean ± SD of {len(rows)} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def final_point(points: dict) -> dict:
+    """A run's last scored point ({} for none)."""
+    return points[max(points, key=int)] if points else {}
+
+
 def markdown_table(results: dict) -> str:
     """Every scored point: genus 1-NN per species [95%] and micro, effective rank, species probe, harmonic mean (per
     species) and the paired difference from the same budget's MLM."""
@@ -263,8 +307,9 @@ def main() -> None:
         with atomic_text(args.output) as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
     plot_flop_curves(scored_runs(results), args.plot)
+    seeds = "".join(f"\n{table}" for table in (seed_table(results, readout) for readout in args.readout) if table)
     with atomic_text(args.table) as handle:
-        handle.write(markdown_table(results))
+        handle.write(markdown_table(results) + seeds)
 
 
 if __name__ == "__main__":

@@ -173,3 +173,28 @@ def test_only_readouts_not_yet_scored_are_scored_again():
     assert readouts_to_score(point, ["kmer_bag"], True) == []
     del point["mean"]["hits"]  # scored before hits were kept: scored again, so that it can be paired
     assert readouts_to_score(point, ["mean", "kmer_bag"], False) == ["mean"]
+
+
+def test_seed_table_pairs_each_seed_with_its_own_mlm_and_reports_the_spread_over_seeds():
+    from flop_curve import seed_table
+
+    def final(per_species, minus=None):
+        point = {"per_species": per_species}
+        if minus is not None:
+            point["minus_mlm"] = {"per_species": minus, "per_species_interval": [minus - 4, minus + 4]}
+        return {"900": {"training_tflop": 250.0, "mean": point}}
+
+    results = {
+        "queries_sha256": "x",
+        "eqflop-0.25-mlm": final(40.0),
+        "eqflop-0.25-mlm-seed1": final(42.0),
+        "eqflop-0.25-mae-light-vis": final(45.0, 5.0),
+        "eqflop-0.25-mae-light-vis-seed1": final(43.0, 1.0),
+        "eqflop-0.5-mae-light-vis": final(47.0, 2.0),  # one seed: no spread to report
+    }
+    rows = seed_table(results, "mean").splitlines()[2:]
+    assert rows[0] == "| 0.25 | mae-light-vis | 0 | 45.00 | 40.00 | +5.00 [+1.0, +9.0] |"
+    assert rows[1] == "| 0.25 | mae-light-vis | 1 | 43.00 | 42.00 | +1.00 [-3.0, +5.0] |"
+    assert rows[2] == "| 0.25 | mae-light-vis | mean ± SD of 2 | 44.00 ± 1.41 | 41.00 ± 1.41 | +3.00 ± 2.83 |"
+    assert len(rows) == 3
+    assert seed_table(results, "kmer_bag") == ""
