@@ -174,8 +174,9 @@ def run_seed(run: str) -> int:
 
 def seed_table(results: dict, readout: str = "mean") -> str:
     """Each recipe run with two or more seeds against the MLM of the same budget and seed, at the final points:
-    genus 1-NN per species of both, the paired difference [95%, queries resampled], and over the seeds the mean
-    and standard deviation of each (what training noise moves, which the bootstrap over queries does not see)."""
+    genus 1-NN per species of both, their difference (with its paired 95% interval, queries resampled, where the
+    point was paired), and over the seeds the mean and standard deviation of each (what training noise moves,
+    which the bootstrap over queries does not see)."""
     runs = scored_runs(results)
     families: dict[tuple[str, str], list[str]] = {}
     for run in runs:
@@ -191,15 +192,16 @@ def seed_table(results: dict, readout: str = "mean") -> str:
         for run in sorted(members, key=run_seed):
             ours = final_point(runs[run]).get(readout, {})
             theirs = final_point(runs.get(baseline_run(Path(run)).name, {})).get(readout, {})
-            if "minus_mlm" in ours and theirs:
-                rows.append((run_seed(run), ours["per_species"], theirs["per_species"], ours["minus_mlm"]))
+            if ours and theirs:
+                rows.append((run_seed(run), ours["per_species"], theirs["per_species"], ours.get("minus_mlm")))
         if len(rows) < 2:
             continue
-        for seed, ours, theirs, diff in rows:
-            low, high = diff["per_species_interval"]
-            difference = f"{diff['per_species']:+.2f} [{low:+.1f}, {high:+.1f}]"
-            lines.append(f"| {budget} | {recipe} | {seed} | {ours:.2f} | {theirs:.2f} | {difference} |")
-        values = np.array([[ours, theirs, diff["per_species"]] for _, ours, theirs, diff in rows])
+        for seed, ours, theirs, paired in rows:
+            interval = "" if paired is None else " [{:+.1f}, {:+.1f}]".format(*paired["per_species_interval"])
+            lines.append(
+                f"| {budget} | {recipe} | {seed} | {ours:.2f} | {theirs:.2f} | {ours - theirs:+.2f}{interval} |"
+            )
+        values = np.array([[ours, theirs, ours - theirs] for _, ours, theirs, _ in rows])
         mean, sd = values.mean(0), values.std(0, ddof=1)
         cells = [f"{mean[0]:.2f} ± {sd[0]:.2f}", f"{mean[1]:.2f} ± {sd[1]:.2f}", f"{mean[2]:+.2f} ± {sd[2]:.2f}"]
         lines.append(f"| {budget} | {recipe} | mean ± SD of {len(rows)} | {' | '.join(cells)} |")
