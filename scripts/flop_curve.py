@@ -176,7 +176,7 @@ def seed_table(results: dict, readout: str = "mean") -> str:
     """Each recipe run with two or more seeds against the MLM of the same budget and seed, at the final points:
     genus 1-NN per species of both, their difference (with its paired 95% interval, queries resampled, where the
     point was paired), and over the seeds the mean and standard deviation of each (what training noise moves,
-    which the bootstrap over queries does not see)."""
+    which the bootstrap over queries does not see); a seed scored under bf16 says so."""
     runs = scored_runs(results)
     families: dict[tuple[str, str], list[str]] = {}
     for run in runs:
@@ -193,7 +193,8 @@ def seed_table(results: dict, readout: str = "mean") -> str:
             ours = final_point(runs[run]).get(readout, {})
             theirs = final_point(runs.get(baseline_run(Path(run)).name, {})).get(readout, {})
             if ours and theirs:
-                rows.append((run_seed(run), ours["per_species"], theirs["per_species"], ours.get("minus_mlm")))
+                seed = f"{run_seed(run)}" + (f" ({ours['precision']})" if "precision" in ours else "")
+                rows.append((seed, ours["per_species"], theirs["per_species"], ours.get("minus_mlm")))
         if len(rows) < 2:
             continue
         for seed, ours, theirs, paired in rows:

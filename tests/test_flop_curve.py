@@ -196,11 +196,12 @@ def test_seed_table_pairs_each_seed_with_its_own_mlm_and_reports_the_spread_over
         "eqflop-0.0625-mae-light-vis": final(44.0),  # scored before pairing: the difference, no interval
         "eqflop-0.0625-mae-light-vis-seed1": final(45.0, 15.0),
     }
+    results["eqflop-0.0625-mae-light-vis-seed1"]["900"]["mean"]["precision"] = "bf16"
     rows = seed_table(results, "mean").splitlines()[2:]
     assert rows[0] == "| 0.25 | mae-light-vis | 0 | 45.00 | 40.00 | +5.00 [+1.0, +9.0] |"
     assert rows[1] == "| 0.25 | mae-light-vis | 1 | 43.00 | 42.00 | +1.00 [-3.0, +5.0] |"
     assert rows[2] == "| 0.25 | mae-light-vis | mean ± SD of 2 | 44.00 ± 1.41 | 41.00 ± 1.41 | +3.00 ± 2.83 |"
     assert rows[3] == "| 0.0625 | mae-light-vis | 0 | 44.00 | 26.00 | +18.00 |"
-    assert rows[4] == "| 0.0625 | mae-light-vis | 1 | 45.00 | 30.00 | +15.00 [+11.0, +19.0] |"
+    assert rows[4] == "| 0.0625 | mae-light-vis | 1 (bf16) | 45.00 | 30.00 | +15.00 [+11.0, +19.0] |"
     assert len(rows) == 6
     assert seed_table(results, "kmer_bag") == ""
