@@ -43,6 +43,14 @@ def main() -> None:
     parser.add_argument(
         "--paired-with", nargs="*", default=["vsearch top hit", "k-mer 8 counts"], help="rows to difference against"
     )
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "B"),
+        help="difference two rows scored before (row A minus row B, from their stored predictions; embeds nothing)",
+    )
     parser.add_argument("--unseen-split", default="val_unseen")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     parser.add_argument("--output", default="results/val/identification.json")
@@ -67,13 +75,25 @@ def main() -> None:
         prediction_file(predictions_dir, name).write_text(json.dumps([str(p) for p in predicted]))
         for baseline in args.paired_with:
             if prediction_file(predictions_dir, baseline).exists() and baseline != name:
-                other = json.loads(prediction_file(predictions_dir, baseline).read_text())
-                difference = paired_difference(predicted, other, queries.genus, queries.species)
+                difference = paired_difference(
+                    predicted, stored_predictions(predictions_dir, baseline), queries.genus, queries.species
+                )
                 results[name][f"minus {baseline}"] = difference
                 print(f"{'':40s} minus {baseline}: {difference}", flush=True)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
 
+    for a, b in args.pair:
+        for row in (a, b):
+            if row not in results:
+                score = identification_score(stored_predictions(predictions_dir, row), queries.genus, queries.species)
+                results[row] = {**score.as_dict(), "protocol": protocol.description, "from": "stored predictions"}
+        difference = stored_difference(predictions_dir, a, b, queries)
+        results[a][f"minus {b}"] = difference
+        print(f"{a:40s} {results[a]['per_species']}\n{'':40s} minus {b}: {difference}", flush=True)
+    if args.pair:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
     for k in args.kmer:
         started = time.perf_counter()
         record(f"k-mer {k} counts", ref_genus[kmer_nearest(queries.sequences, refs.sequences, k)], started)
@@ -112,6 +132,22 @@ def encoders(paths: list[str], random_init: bool, precision: str = "fp32") -> li
 def prediction_file(folder: Path, name: str) -> Path:
     """Where one row's predicted genera are kept (outside the repository: they are derived from the data)."""
     return folder / f"{hashlib.sha256(name.encode()).hexdigest()[:16]}.json"
+
+
+def stored_predictions(folder: Path, row: str) -> list[str]:
+    """The predicted genera a row scored before stored."""
+    file = prediction_file(folder, row)
+    if not file.exists():
+        raise FileNotFoundError(f"no stored predictions for row {row!r} in {folder} (score it first)")
+    return json.loads(file.read_text())
+
+
+def stored_difference(folder: Path, a: str, b: str, queries) -> dict:
+    """Row ``a`` minus row ``b`` on the same queries (paired intervals), from the predictions each stored."""
+    predicted_a, predicted_b = stored_predictions(folder, a), stored_predictions(folder, b)
+    if not len(predicted_a) == len(predicted_b) == len(queries.genus):
+        raise ValueError(f"{a!r} and {b!r} were not both scored on these {len(queries.genus)} queries")
+    return paired_difference(predicted_a, predicted_b, queries.genus, queries.species)
 
 
 def readout_embeddings(embedder: Embedder, readout: str, sequences: list[str], cache_dir: str) -> np.ndarray:
