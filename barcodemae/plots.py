@@ -10,6 +10,7 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 PERTURBATIONS = (("masking", "Token masking"), ("deletion", "Token deletion"))
+RUN_NAME = re.compile(r"eqflop-(?P<budget>[0-9.]+)-(?P<recipe>[a-z-]+?)(?:-seed(?P<seed>[0-9]+))?")
+
+
+@dataclass(frozen=True)
+class EqualFlopsRun:
+    """What the name of a run of scripts/equal_flops.sh (``eqflop-BUDGET-RECIPE[-seedN]``) says."""
+
+    budget: str
+    recipe: str
+    seed: int
+
+    @classmethod
+    def parse(cls, run: str) -> EqualFlopsRun | None:
+        """The run's budget, recipe and seed (0 unless named ``-seedN``); None for another name."""
+        name = RUN_NAME.fullmatch(run)
+        return None if name is None else cls(name["budget"], name["recipe"], int(name["seed"] or 0))
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -142,28 +159,22 @@ def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Pat
     readouts = sorted(
         {key for points in runs.values() for point in points.values() for key in point} - {"training_tflop"}
     )
-    names = {run: run.removeprefix("eqflop-").partition("-")[::2] for run in runs}  # (budget, recipe[-seedN])
-    seeded = {run for run, (_, recipe) in names.items() if re.search(r"-seed[0-9]+$", recipe)}
-    names = {run: (budget, re.sub(r"-seed[0-9]+$", "", recipe)) for run, (budget, recipe) in names.items()}
-    recipes = list(dict.fromkeys(recipe or budget for budget, recipe in names.values()))
-    budgets = sorted({budget for budget, recipe in names.values() if recipe}, key=float, reverse=True)
+    styles = flop_curve_styles(list(runs))
     fig, axes = plt.subplots(1, len(readouts), figsize=(6 * len(readouts), 4.5), squeeze=False)
     for ax, readout in zip(axes[0], readouts):
         for run, points in runs.items():
             scored = [points[step] for step in sorted(points, key=int) if readout in points[step]]
             if not scored:
                 continue
-            budget, recipe = names[run]
-            style = ("-", "--", ":", "-.")[budgets.index(budget) % 4] if recipe else "-"
+            color, style, marker = styles[run]
             x = [point["training_tflop"] for point in scored]
             y = np.array([point[readout]["per_species"] for point in scored])
             low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
-            color = f"C{recipes.index(recipe or budget) % 10}"
             ax.errorbar(
                 x,
                 y,
                 yerr=[y - low, high - y],
-                marker="s" if run in seeded else "o",
+                marker=marker,
                 ms=4,
                 capsize=2,
                 elinewidth=0.8,
@@ -180,3 +191,17 @@ def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Pat
     legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     return _save(fig, path)
+
+
+def flop_curve_styles(runs: list[str]) -> dict[str, tuple[str, str, str]]:
+    """Each run's (colour, line style, marker): a colour per recipe, a line style per budget, circles for seed 0 and
+    squares for other seeds; a name not of scripts/equal_flops.sh gets a colour of its own and a solid line."""
+    names = {run: EqualFlopsRun.parse(run) for run in runs}
+    recipes = list(dict.fromkeys(name.recipe if name else run for run, name in names.items()))
+    budgets = sorted({name.budget for name in names.values() if name}, key=float, reverse=True)
+    styles = {}
+    for run, name in names.items():
+        color = f"C{recipes.index(name.recipe if name else run) % 10}"
+        line = ("-", "--", ":", "-.")[budgets.index(name.budget) % 4] if name else "-"
+        styles[run] = (color, line, "s" if name and name.seed else "o")
+    return styles

@@ -16,7 +16,6 @@ import argparse
 import base64
 import hashlib
 import json
-import re
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from barcodemae.evaluation import (
     prepare_protocol,
 )
 from barcodemae.io import atomic_text
-from barcodemae.plots import plot_flop_curves
+from barcodemae.plots import EqualFlopsRun, plot_flop_curves
 from barcodemae.search import nearest_neighbors
 
 METADATA = ("protocol", "queries_sha256")  # the results file's keys that are not runs
@@ -124,18 +123,15 @@ def readouts_to_score(point: dict, readouts: list[str], species_probe: bool) -> 
     ]
 
 
-RUN_NAME = re.compile(r"eqflop-(?P<budget>[0-9.]+)-(?P<recipe>[a-z-]+?)(?P<seed>-seed[0-9]+)?")
-
-
 def baseline_run(run: Path) -> Path:
     """The MLM run of the same budget, size and seed (``eqflop-BUDGET-mlm[-seedN]``, ``-paper-mlm`` for the paper's
     size), the baseline of the paired differences; from the run's name alone, so a run whose folder is gone still
     pairs."""
-    name = RUN_NAME.fullmatch(run.name)
+    name = EqualFlopsRun.parse(run.name)
     if name is None:
         raise ValueError(f"{run.name}: not a run of scripts/equal_flops.sh (eqflop-BUDGET-RECIPE[-seedN])")
-    size = "paper-" if name["recipe"].startswith("paper-") else ""
-    return run.parent / f"eqflop-{name['budget']}-{size}mlm{name['seed'] or ''}"
+    size = "paper-" if name.recipe.startswith("paper-") else ""
+    return run.parent / f"eqflop-{name.budget}-{size}mlm{f'-seed{name.seed}' if name.seed else ''}"
 
 
 def points_to_pair(run: Path, stored: dict, every: int, at_tflop: list[float] | None) -> dict:
@@ -167,11 +163,6 @@ def paired_against_mlm(run: Path, points: dict, results: dict, readout: str, pro
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)
 
 
-def run_seed(run: str) -> int:
-    """The seed a run of scripts/equal_flops.sh trained with (0 unless named ``-seedN``)."""
-    return int((RUN_NAME.fullmatch(run)["seed"] or "-seed0").removeprefix("-seed"))
-
-
 def seed_table(results: dict, readout: str = "mean") -> str:
     """Each recipe run with two or more seeds against the MLM of the same budget and seed, at the final points:
     genus 1-NN per species of both, their difference (with its paired 95% interval, queries resampled, where the
@@ -180,20 +171,20 @@ def seed_table(results: dict, readout: str = "mean") -> str:
     runs = scored_runs(results)
     families: dict[tuple[str, str], list[str]] = {}
     for run in runs:
-        name = RUN_NAME.fullmatch(run)
-        if name and not name["recipe"].endswith("mlm"):
-            families.setdefault((name["budget"], name["recipe"]), []).append(run)
+        name = EqualFlopsRun.parse(run)
+        if name and not name.recipe.endswith("mlm"):
+            families.setdefault((name.budget, name.recipe), []).append(run)
     lines = [
         f"| budget (PFLOP) | recipe | seed | {readout}: recipe per species | MLM per species | recipe − MLM [95%] |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for (budget, recipe), members in families.items():
         rows = []
-        for run in sorted(members, key=run_seed):
+        for run in sorted(members, key=lambda member: EqualFlopsRun.parse(member).seed):
             ours = final_point(runs[run]).get(readout, {})
             theirs = final_point(runs.get(baseline_run(Path(run)).name, {})).get(readout, {})
             if ours and theirs:
-                seed = f"{run_seed(run)}" + (f" ({ours['precision']})" if "precision" in ours else "")
+                seed = f"{EqualFlopsRun.parse(run).seed}" + (f" ({ours['precision']})" if "precision" in ours else "")
                 rows.append((seed, ours["per_species"], theirs["per_species"], ours.get("minus_mlm")))
         if len(rows) < 2:
             continue

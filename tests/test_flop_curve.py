@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from flop_curve import checkpoints, readouts_to_score, training_tflop  # noqa: E402
 
-from barcodemae.plots import plot_flop_curves  # noqa: E402
+from barcodemae.plots import EqualFlopsRun, flop_curve_styles, plot_flop_curves  # noqa: E402
 
 
 def make_run(tmp_path: Path, steps: list[int], batch: int = 128) -> Path:
@@ -46,6 +46,22 @@ def test_flop_curve_plot(tmp_path):
     }
     path = plot_flop_curves(runs, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flop_curve_styles_follow_recipe_budget_and_seed():
+    runs = ["eqflop-0.25-mlm", "eqflop-0.25-mlm-seed2", "eqflop-0.5-mlm", "eqflop-0.25-mae-light-vis", "twin"]
+    styles = flop_curve_styles(runs)
+    assert styles["eqflop-0.25-mlm"] == ("C0", "--", "o")  # the larger budget, 0.5, draws solid
+    assert styles["eqflop-0.25-mlm-seed2"] == ("C0", "--", "s")
+    assert styles["eqflop-0.5-mlm"] == ("C0", "-", "o")
+    assert styles["eqflop-0.25-mae-light-vis"] == ("C1", "--", "o")
+    assert styles["twin"] == ("C2", "-", "o")
+
+
+def test_equal_flops_run_names():
+    assert EqualFlopsRun.parse("eqflop-0.25-mae-light-vis-seed12") == EqualFlopsRun("0.25", "mae-light-vis", 12)
+    assert EqualFlopsRun.parse("eqflop-1-paper-mlm") == EqualFlopsRun("1", "paper-mlm", 0)
+    assert EqualFlopsRun.parse("paper-size-random-init") is None
 
 
 def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path):
