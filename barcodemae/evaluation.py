@@ -20,6 +20,7 @@ Rows lacking the label a task needs are excluded from that task and counted in `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -462,6 +463,11 @@ class Partition:
 
     def __len__(self) -> int:
         return len(self.sequences)
+
+    def sha256(self) -> str:
+        """Fingerprint of the rows' sequences in their order: results stored per row are only comparable under the
+        same one."""
+        return hashlib.sha256("\n".join(self.sequences).encode()).hexdigest()
 
     def has(self, column: str) -> np.ndarray:
         """Boolean mask of rows that have a label in ``column`` (genus / species / bin)."""

@@ -2,7 +2,7 @@
 rank of the frozen encoder along equal-FLOP pretraining runs (scripts/equal_flops.sh), one point per checkpoint, with
 the training FLOPs it had. Embeddings are cached as in scripts/val_protocol.py and points already in --output are
 kept, so re-running adds only new ones. Each scored readout keeps which queries it got right (``hits``: packed
-bits, base64, in the protocol's query order, fingerprinted by ``queries_sha256``), so ``--paired`` computes each MAE
+bits, base64, in the protocol's query order, fingerprinted by ``Partition.sha256``), so ``--paired`` computes each MAE
 point's difference from the same budget's MLM at matching FLOPs (paired bootstrap) from the results file alone: the
 two runs may be trained and scored in different sessions, their checkpoints long gone.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -90,11 +89,6 @@ def unpack_hits(packed: str, n_queries: int) -> np.ndarray:
     """The 0/1 correctness array :func:`pack_hits` packed."""
     bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), dtype=np.uint8))
     return bits[:n_queries].astype(np.float64)
-
-
-def queries_sha256(protocol: Protocol) -> str:
-    """Fingerprint of the unseen queries in protocol order: stored hits are only comparable under the same one."""
-    return hashlib.sha256("\n".join(protocol.unseen.sequences).encode()).hexdigest()
 
 
 def score(embedder: Embedder, readout: str, protocol: Protocol, cache_dir: str, species_probe: bool) -> dict:
@@ -266,8 +260,7 @@ def main() -> None:
 
     protocol = prepare_protocol(load_records(args.data)[0], seen_split="val", unseen_split="val_unseen")
     results = json.loads(args.output.read_text()) if args.output.exists() else {}
-    fingerprint = results.setdefault("queries_sha256", queries_sha256(protocol))
-    if fingerprint != queries_sha256(protocol):
+    if results.setdefault("queries_sha256", protocol.unseen.sha256()) != protocol.unseen.sha256():
         raise SystemExit(f"{args.output} holds other val_unseen queries (or another order): use another --output")
     for run in args.runs:
         chosen = checkpoints(run, args.every, args.at_tflop)

@@ -20,11 +20,13 @@ import torch
 from barcodemae.baselines import kmer_nearest, vsearch_genus_1nn
 from barcodemae.embedding import Embedder, cached_embeddings
 from barcodemae.evaluation import (
+    Partition,
     identification_score,
     load_records,
     paired_difference,
     prepare_protocol,
 )
+from barcodemae.io import atomic_text
 from barcodemae.search import nearest_neighbors
 
 
@@ -67,33 +69,37 @@ def main() -> None:
     predictions_dir = Path(args.cache_dir).parent / "predictions" / args.unseen_split
     predictions_dir.mkdir(parents=True, exist_ok=True)
 
+    def save() -> None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_text(output) as handle:
+            handle.write(json.dumps(results, indent=2) + "\n")
+
     def record(name: str, predicted, started: float) -> None:
         score = identification_score(predicted, queries.genus, queries.species)
         seconds = time.perf_counter() - started
         print(f"{name:40s} {score}  ({seconds:.0f} s)", flush=True)
         results[name] = {**score.as_dict(), "seconds": round(seconds, 1), "protocol": protocol.description}
-        prediction_file(predictions_dir, name).write_text(json.dumps([str(p) for p in predicted]))
+        store_predictions(predictions_dir, name, predicted, queries)
         for baseline in args.paired_with:
             if prediction_file(predictions_dir, baseline).exists() and baseline != name:
                 difference = paired_difference(
-                    predicted, stored_predictions(predictions_dir, baseline), queries.genus, queries.species
+                    predicted, stored_predictions(predictions_dir, baseline, queries), queries.genus, queries.species
                 )
                 results[name][f"minus {baseline}"] = difference
                 print(f"{'':40s} minus {baseline}: {difference}", flush=True)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2) + "\n")
+        save()
 
     for a, b in args.pair:
+        predicted = {row: stored_predictions(predictions_dir, row, queries) for row in (a, b)}
         for row in (a, b):
             if row not in results:
-                score = identification_score(stored_predictions(predictions_dir, row), queries.genus, queries.species)
+                score = identification_score(predicted[row], queries.genus, queries.species)
                 results[row] = {**score.as_dict(), "protocol": protocol.description, "from": "stored predictions"}
-        difference = stored_difference(predictions_dir, a, b, queries)
+        difference = paired_difference(predicted[a], predicted[b], queries.genus, queries.species)
         results[a][f"minus {b}"] = difference
         print(f"{a:40s} {results[a]['per_species']}\n{'':40s} minus {b}: {difference}", flush=True)
     if args.pair:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2) + "\n")
+        save()
     for k in args.kmer:
         started = time.perf_counter()
         record(f"k-mer {k} counts", ref_genus[kmer_nearest(queries.sequences, refs.sequences, k)], started)
@@ -134,20 +140,23 @@ def prediction_file(folder: Path, name: str) -> Path:
     return folder / f"{hashlib.sha256(name.encode()).hexdigest()[:16]}.json"
 
 
-def stored_predictions(folder: Path, row: str) -> list[str]:
-    """The predicted genera a row scored before stored."""
+def store_predictions(folder: Path, row: str, predicted, queries: Partition) -> None:
+    """Keep a row's predicted genera with the fingerprint of the queries they answer."""
+    stored = {"queries_sha256": queries.sha256(), "genera": [str(p) for p in predicted]}
+    with atomic_text(prediction_file(folder, row)) as handle:
+        handle.write(json.dumps(stored))
+
+
+def stored_predictions(folder: Path, row: str, queries: Partition) -> list[str]:
+    """The predicted genera a row stored when it was scored on these ``queries``; a clear error naming the row
+    when it never was, or was scored on other queries."""
     file = prediction_file(folder, row)
     if not file.exists():
         raise FileNotFoundError(f"no stored predictions for row {row!r} in {folder} (score it first)")
-    return json.loads(file.read_text())
-
-
-def stored_difference(folder: Path, a: str, b: str, queries) -> dict:
-    """Row ``a`` minus row ``b`` on the same queries (paired intervals), from the predictions each stored."""
-    predicted_a, predicted_b = stored_predictions(folder, a), stored_predictions(folder, b)
-    if not len(predicted_a) == len(predicted_b) == len(queries.genus):
-        raise ValueError(f"{a!r} and {b!r} were not both scored on these {len(queries.genus)} queries")
-    return paired_difference(predicted_a, predicted_b, queries.genus, queries.species)
+    stored = json.loads(file.read_text())
+    if stored["queries_sha256"] != queries.sha256():
+        raise ValueError(f"row {row!r} was scored on other queries than these {len(queries)} (score it again)")
+    return stored["genera"]
 
 
 def readout_embeddings(embedder: Embedder, readout: str, sequences: list[str], cache_dir: str) -> np.ndarray:

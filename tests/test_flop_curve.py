@@ -107,14 +107,14 @@ def test_hits_survive_packing_for_any_number_of_queries():
 
 
 def test_query_fingerprint_follows_sequences_and_their_order():
-    from flop_curve import queries_sha256
+    from test_val_protocol import unseen_queries
 
-    def protocol(sequences):
-        return type("Protocol", (), {"unseen": type("Partition", (), {"sequences": sequences})})()
+    def sha256(sequences):
+        return unseen_queries(sequences).sha256()
 
-    assert queries_sha256(protocol(["AC", "GT"])) == queries_sha256(protocol(["AC", "GT"]))
-    assert queries_sha256(protocol(["AC", "GT"])) != queries_sha256(protocol(["GT", "AC"]))
-    assert queries_sha256(protocol(["AC", "GT"])) != queries_sha256(protocol(["ACG", "T"]))
+    assert sha256(["AC", "GT", "T", "A"]) == sha256(["AC", "GT", "T", "A"])
+    assert sha256(["AC", "GT", "T", "A"]) != sha256(["GT", "AC", "T", "A"])
+    assert sha256(["AC", "GT", "T", "A"]) != sha256(["ACG", "T", "T", "A"])
 
 
 def test_each_run_is_paired_with_the_mlm_of_its_size_budget_and_seed_by_name_alone(tmp_path):

@@ -1,16 +1,20 @@
 """scripts/val_protocol.py: the encoders it scores, including the untrained twin of --random-init."""
 
+import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from cli_helpers import tiny_pretraining_model
 
+from barcodemae.evaluation import Partition, Protocol
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from val_protocol import encoders, prediction_file, stored_difference  # noqa: E402
+import val_protocol  # noqa: E402
+from val_protocol import encoders, store_predictions, stored_predictions  # noqa: E402
 
 
 def test_random_init_twin_is_seeded_and_untrained(tmp_path):
@@ -35,16 +39,51 @@ def test_precision_reaches_the_trained_model_and_its_twin(tmp_path):
     assert encoders([str(tmp_path / "encoder")], False)[0][1].autocast_dtype is None
 
 
-def test_stored_rows_are_differenced_paired_and_a_missing_row_is_named(tmp_path):
-    queries = SimpleNamespace(genus=["A", "A", "B", "B"], species=["a1", "a2", "b1", "b1"])
-    prediction_file(tmp_path, "model").write_text('["A", "A", "B", "B"]')
-    prediction_file(tmp_path, "twin").write_text('["A", "B", "B", "A"]')
-    difference = stored_difference(tmp_path, "model", "twin", queries)
+def unseen_queries(sequences: list[str]) -> Partition:
+    """A four-query partition: two species of genus A, one (two barcodes) of genus B."""
+    return Partition(
+        name="val_unseen",
+        processids=[f"P{i}" for i in range(len(sequences))],
+        sequences=sequences,
+        genus=["A", "A", "B", "B"],
+        species=["a1", "a2", "b1", "b1"],
+        bin=[None] * 4,
+        occurrence=np.arange(4),
+        record_species=["a1", "a2", "b1", "b1"],
+        record_bin=[None] * 4,
+    )
+
+
+def test_stored_rows_are_read_back_only_for_the_queries_they_answer(tmp_path):
+    queries = unseen_queries(["ACGT", "ACGA", "TTGA", "TTGC"])
+    store_predictions(tmp_path, "model", ["A", "A", "B", "B"], queries)
+    store_predictions(tmp_path, "twin", ["A", "B", None, "A"], queries)
+    assert stored_predictions(tmp_path, "model", queries) == ["A", "A", "B", "B"]
+    assert stored_predictions(tmp_path, "twin", queries) == ["A", "B", "None", "A"]
+    with pytest.raises(FileNotFoundError, match="'gone'"):
+        stored_predictions(tmp_path, "gone", queries)
+    reordered = unseen_queries(["ACGA", "ACGT", "TTGA", "TTGC"])  # same count, other queries
+    with pytest.raises(ValueError, match="'model' was scored on other queries than these 4"):
+        stored_predictions(tmp_path, "model", reordered)
+
+
+def test_pair_differences_two_stored_rows_and_scores_a_row_missing_from_the_output(tmp_path, monkeypatch):
+    queries = unseen_queries(["ACGT", "ACGA", "TTGA", "TTGC"])
+    protocol = Protocol(train=queries, test=queries, unseen=queries, description="four queries")
+    monkeypatch.setattr(val_protocol, "load_records", lambda path: ([], []))
+    monkeypatch.setattr(val_protocol, "prepare_protocol", lambda records, **splits: protocol)
+    predictions = tmp_path / "predictions" / "val_unseen"
+    predictions.mkdir(parents=True)
+    store_predictions(predictions, "model", ["A", "A", "B", "B"], queries)
+    store_predictions(predictions, "twin", ["A", "B", "B", "A"], queries)
+    output = tmp_path / "identification.json"
+    output.write_text(json.dumps({"model": {"per_species": 100.0}}))
+    argv = ["val_protocol.py", "--data", "-", "--pair", "model", "twin", "--cache-dir", str(tmp_path / "embeddings")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--output", str(output)])
+    val_protocol.main()
+    results = json.loads(output.read_text())
+    difference = results["model"]["minus twin"]
     assert difference["micro"] == 50.0  # 4 of 4 against 2 of 4
     assert difference["per_species"] == pytest.approx(100 * (0 + 1 + 0.5) / 3, abs=0.01)
-    assert stored_difference(tmp_path, "twin", "model", queries)["micro"] == -50.0
-    with pytest.raises(FileNotFoundError, match="'gone'"):
-        stored_difference(tmp_path, "model", "gone", queries)
-    prediction_file(tmp_path, "other queries").write_text('["A"]')
-    with pytest.raises(ValueError, match="not both scored on these 4 queries"):
-        stored_difference(tmp_path, "model", "other queries", queries)
+    assert results["twin"]["from"] == "stored predictions"
+    assert results["twin"]["micro"] == 50.0
