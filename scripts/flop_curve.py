@@ -5,6 +5,8 @@ kept, so re-running adds only new ones. Each scored readout keeps which queries 
 bits, base64, in the protocol's query order, fingerprinted by ``Partition.sha256``), so ``--paired`` computes each MAE
 point's difference from the same budget's MLM at matching FLOPs (paired bootstrap) from the results file alone: the
 two runs may be trained and scored in different sessions, their checkpoints long gone.
+``--minus-row READOUT ROW`` pairs the same points with a row scripts/val_protocol.py scored and stored (the
+random-init twin, say).
 
 python scripts/flop_curve.py --data ../shared/data/barcodes.tsv.gz --runs runs/eqflop-0.25-mlm \
     runs/eqflop-0.25-mae-light --every 4 --readout mean kmer_bag --output results/equal-flops.json
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from val_protocol import readout_embeddings
+from val_protocol import predictions_folder, readout_embeddings, stored_predictions
 
 from barcodemae.embedding import Embedder
 from barcodemae.evaluation import (
@@ -157,6 +159,21 @@ def paired_against_mlm(run: Path, points: dict, results: dict, readout: str, pro
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs MLM", flush=True)
 
 
+def paired_against_row(run: Path, points: dict, readout: str, row: str, protocol: Protocol, cache_dir: str) -> None:
+    """For each of ``points``, genus 1-NN under ``readout`` minus that of a row scripts/val_protocol.py scored on the
+    same queries (e.g. the random-init twin), from the point's stored hits and the row's stored predictions (paired
+    bootstrap), stored under ``minus_rows``."""
+    queries = protocol.unseen
+    predicted = stored_predictions(predictions_folder(cache_dir, queries.name), row, queries)
+    theirs = correct_predictions(predicted, queries.genus)
+    for step, point in points.items():
+        if "hits" not in point.get(readout, {}):
+            continue
+        difference = paired_hit_difference(unpack_hits(point[readout]["hits"], len(queries)), theirs, queries.species)
+        point[readout].setdefault("minus_rows", {})[row] = difference
+        print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs {row}", flush=True)
+
+
 def seed_table(results: dict, readout: str = "mean") -> str:
     """Each recipe run with two or more seeds against the MLM of the same budget and seed, at the final points:
     genus 1-NN per species of both, their difference (with its paired 95% interval, queries resampled, where the
@@ -250,6 +267,15 @@ def main() -> None:
     parser.add_argument("--species-probe", action="store_true", help="also the species probe at each run's last point")
     parser.add_argument("--paired", action="store_true", help="at those checkpoints, paired differences from the MLM")
     parser.add_argument(
+        "--minus-row",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("READOUT", "ROW"),
+        help="at those checkpoints, paired differences of READOUT from a row of scripts/val_protocol.py (its stored "
+        "predictions, e.g. the random-init twin)",
+    )
+    parser.add_argument(
         "--precision", choices=["fp32", "bf16"], default="fp32", help="embed under bf16 autocast (recorded per point)"
     )
     parser.add_argument("--cache-dir", default=".cache/embeddings")
@@ -286,11 +312,13 @@ def main() -> None:
             results["protocol"] = protocol.description
             with atomic_text(args.output) as handle:
                 handle.write(json.dumps(results, indent=2) + "\n")
-    if args.paired:  # at the checkpoints chosen above
+    if args.paired or args.minus_row:  # at the checkpoints chosen above
         for run in args.runs:
             points = points_to_pair(run, results.get(run.name, {}), args.every, args.at_tflop)
-            for readout in args.readout:
+            for readout in args.readout if args.paired else []:
                 paired_against_mlm(run, points, results, readout, protocol)
+            for readout, row in args.minus_row:
+                paired_against_row(run, points, readout, row, protocol, args.cache_dir)
         with atomic_text(args.output) as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
     plot_flop_curves(scored_runs(results), args.plot)

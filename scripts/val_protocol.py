@@ -66,7 +66,7 @@ def main() -> None:
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.exists() else {}
 
-    predictions_dir = Path(args.cache_dir).parent / "predictions" / args.unseen_split
+    predictions_dir = predictions_folder(args.cache_dir, args.unseen_split)
     predictions_dir.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -133,6 +133,11 @@ def encoders(paths: list[str], random_init: bool, precision: str = "fp32") -> li
             twin = type(embedder.model)(embedder.model.config).to(embedder.model.device).eval()
             out.append((f"{path} random init", Embedder(twin, embedder.tokenizer, precision=precision)))
     return out
+
+
+def predictions_folder(cache_dir: str, unseen_split: str) -> Path:
+    """Where the rows scored on ``unseen_split`` keep their predictions: beside the embedding cache."""
+    return Path(cache_dir).parent / "predictions" / unseen_split
 
 
 def prediction_file(folder: Path, name: str) -> Path:

@@ -221,3 +221,26 @@ def test_seed_table_pairs_each_seed_with_its_own_mlm_and_reports_the_spread_over
     assert rows[4] == "| 0.0625 | mae-light-vis | 1 (bf16) | 45.00 | 30.00 | +15.00 [+11.0, +19.0] |"
     assert len(rows) == 6
     assert seed_table(results, "kmer_bag") == ""
+
+
+def test_points_are_paired_with_a_stored_val_protocol_row(tmp_path):
+    from flop_curve import pack_hits, paired_against_row
+    from test_val_protocol import unseen_queries
+    from val_protocol import predictions_folder, store_predictions
+
+    from barcodemae.evaluation import Protocol
+
+    queries = unseen_queries(["ACGT", "ACGA", "TTGA", "TTGC"])  # genera A, A, B, B
+    protocol = Protocol(train=queries, test=queries, unseen=queries, description="four queries")
+    cache_dir = str(tmp_path / "embeddings")
+    folder = predictions_folder(cache_dir, "val_unseen")
+    folder.mkdir(parents=True)
+    store_predictions(folder, "twin", ["A", "B", "B", "A"], queries)  # right on queries 0 and 2
+    points = {"8": {"mean": {"hits": pack_hits([1, 1, 1, 1])}}, "4": {"kmer_bag": {"hits": pack_hits([0] * 4)}}}
+    paired_against_row(tmp_path / "eqflop-1-mlm", points, "mean", "twin", protocol, cache_dir)
+    difference = points["8"]["mean"]["minus_rows"]["twin"]
+    assert difference["micro"] == 50.0
+    assert difference["per_species"] == pytest.approx(100 * (0 + 1 + 0.5) / 3, abs=0.01)
+    assert "minus_rows" not in points["4"]["kmer_bag"]  # another readout: left alone
+    with pytest.raises(FileNotFoundError, match="'gone'"):
+        paired_against_row(tmp_path / "eqflop-1-mlm", points, "mean", "gone", protocol, cache_dir)
