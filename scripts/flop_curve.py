@@ -216,6 +216,13 @@ def final_point(points: dict) -> dict:
     return points[max(points, key=int)] if points else {}
 
 
+def scored_readouts(results: dict) -> list[str]:
+    """Every readout some point was scored with, ``mean`` (the paper's) first: the table file is a function of the
+    results file alone, whichever readouts this call scored."""
+    found = {readout for points in scored_runs(results).values() for point in points.values() for readout in point}
+    return sorted(found - {"training_tflop"}, key=lambda readout: (readout != "mean", readout))
+
+
 def markdown_table(results: dict) -> str:
     """Every scored point: genus 1-NN per species [95%] and micro, effective rank, species probe, harmonic mean (per
     species) and the paired difference from the same budget's MLM."""
@@ -322,7 +329,7 @@ def main() -> None:
         with atomic_text(args.output) as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
     plot_flop_curves(scored_runs(results), args.plot)
-    seeds = "".join(f"\n{table}" for table in (seed_table(results, readout) for readout in args.readout) if table)
+    seeds = "".join(f"\n{table}" for table in (seed_table(results, r) for r in scored_readouts(results)) if table)
     with atomic_text(args.table) as handle:
         handle.write(markdown_table(results) + seeds)
 

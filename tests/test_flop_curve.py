@@ -244,3 +244,14 @@ def test_points_are_paired_with_a_stored_val_protocol_row(tmp_path):
     assert "minus_rows" not in points["4"]["kmer_bag"]  # another readout: left alone
     with pytest.raises(FileNotFoundError, match="'gone'"):
         paired_against_row(tmp_path / "eqflop-1-mlm", points, "mean", "gone", protocol, cache_dir)
+
+
+def test_the_table_file_lists_seeds_for_every_scored_readout_whatever_this_call_scored():
+    from flop_curve import scored_readouts
+
+    results = {
+        "queries_sha256": "x",
+        "eqflop-0.25-mlm": {"1600": {"training_tflop": 250.0, "kmer_bag": {}, "mean_whitened": {}}},
+        "eqflop-0.25-mae-light-vis": {"2352": {"training_tflop": 249.0, "mean": {}}},
+    }
+    assert scored_readouts(results) == ["mean", "kmer_bag", "mean_whitened"]
