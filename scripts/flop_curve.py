@@ -258,6 +258,37 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def row_table(results: dict) -> str:
+    """Every point paired with a stored val protocol row (``--minus-row``): genus 1-NN per species and micro minus
+    the row's, with paired 95% intervals ("" when none was)."""
+    lines = [
+        "| run | step | TFLOP | readout | − row | per species [95%] | micro [95%] |",
+        "|---|---:|---:|---|---|---:|---:|",
+    ]
+    for run, points in scored_runs(results).items():
+        for step in sorted(points, key=int):
+            point = points[step]
+            for readout in sorted(set(point) - {"training_tflop"}):
+                for row, d in point[readout].get("minus_rows", {}).items():
+                    cells = [
+                        run.removeprefix("eqflop-"),
+                        step,
+                        f"{point['training_tflop']:.0f}",
+                        readout,
+                        f"`{row}`",
+                        "{:+.2f} [{:+.1f}, {:+.1f}]".format(d["per_species"], *d["per_species_interval"]),
+                        "{:+.2f} [{:+.1f}, {:+.1f}]".format(d["micro"], *d["micro_interval"]),
+                    ]
+                    lines.append("| " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def write_results(path: Path, results: dict) -> None:
+    """The results file, written whole or not at all."""
+    with atomic_text(path) as handle:
+        handle.write(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -317,8 +348,7 @@ def main() -> None:
                     flush=True,
                 )
             results["protocol"] = protocol.description
-            with atomic_text(args.output) as handle:
-                handle.write(json.dumps(results, indent=2) + "\n")
+            write_results(args.output, results)
     if args.paired or args.minus_row:  # at the checkpoints chosen above
         for run in args.runs:
             points = points_to_pair(run, results.get(run.name, {}), args.every, args.at_tflop)
@@ -326,12 +356,11 @@ def main() -> None:
                 paired_against_mlm(run, points, results, readout, protocol)
             for readout, row in args.minus_row:
                 paired_against_row(run, points, readout, row, protocol, args.cache_dir)
-        with atomic_text(args.output) as handle:
-            handle.write(json.dumps(results, indent=2) + "\n")
+        write_results(args.output, results)
     plot_flop_curves(scored_runs(results), args.plot)
     seeds = "".join(f"\n{table}" for table in (seed_table(results, r) for r in scored_readouts(results)) if table)
     with atomic_text(args.table) as handle:
-        handle.write(markdown_table(results) + seeds)
+        handle.write(markdown_table(results) + seeds + row_table(results))
 
 
 if __name__ == "__main__":

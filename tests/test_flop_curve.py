@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from partitions import unseen_queries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
@@ -107,7 +108,6 @@ def test_hits_survive_packing_for_any_number_of_queries():
 
 
 def test_query_fingerprint_follows_sequences_and_their_order():
-    from test_val_protocol import unseen_queries
 
     def sha256(sequences):
         return unseen_queries(sequences).sha256()
@@ -225,7 +225,6 @@ def test_seed_table_pairs_each_seed_with_its_own_mlm_and_reports_the_spread_over
 
 def test_points_are_paired_with_a_stored_val_protocol_row(tmp_path):
     from flop_curve import pack_hits, paired_against_row
-    from test_val_protocol import unseen_queries
     from val_protocol import predictions_folder, store_predictions
 
     from barcodemae.evaluation import Protocol
@@ -255,3 +254,18 @@ def test_the_table_file_lists_seeds_for_every_scored_readout_whatever_this_call_
         "eqflop-0.25-mae-light-vis": {"2352": {"training_tflop": 249.0, "mean": {}}},
     }
     assert scored_readouts(results) == ["mean", "kmer_bag", "mean_whitened"]
+
+
+def test_the_table_file_lists_every_pairing_with_a_stored_row():
+    from flop_curve import row_table
+
+    twin = {"per_species": -5.08, "per_species_interval": [-8.6, -1.6], "micro": 1.5, "micro_interval": [0.4, 2.6]}
+    results = {
+        "queries_sha256": "x",
+        "eqflop-1-paper-mlm": {"528": {"training_tflop": 1014.0, "mean": {"minus_rows": {"twin row": twin}}}},
+        "eqflop-1-mlm": {"6400": {"training_tflop": 998.0, "mean": {}}},
+    }
+    rows = row_table(results).splitlines()
+    assert rows[3:] == ["| 1-paper-mlm | 528 | 1014 | mean | `twin row` | -5.08 [-8.6, -1.6] | +1.50 [+0.4, +2.6] |"]
+    del results["eqflop-1-paper-mlm"]
+    assert row_table(results) == ""

@@ -4,12 +4,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from cli_helpers import tiny_pretraining_model
+from partitions import unseen_queries
 
-from barcodemae.evaluation import Partition, Protocol
+from barcodemae.evaluation import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
@@ -37,21 +37,6 @@ def test_precision_reaches_the_trained_model_and_its_twin(tmp_path):
     embedders = [embedder for _, embedder in encoders([str(tmp_path / "encoder")], True, precision="bf16")]
     assert [embedder.autocast_dtype for embedder in embedders] == [torch.bfloat16, torch.bfloat16]
     assert encoders([str(tmp_path / "encoder")], False)[0][1].autocast_dtype is None
-
-
-def unseen_queries(sequences: list[str]) -> Partition:
-    """A four-query partition: two species of genus A, one (two barcodes) of genus B."""
-    return Partition(
-        name="val_unseen",
-        processids=[f"P{i}" for i in range(len(sequences))],
-        sequences=sequences,
-        genus=["A", "A", "B", "B"],
-        species=["a1", "a2", "b1", "b1"],
-        bin=[None] * 4,
-        occurrence=np.arange(4),
-        record_species=["a1", "a2", "b1", "b1"],
-        record_bin=[None] * 4,
-    )
 
 
 def test_stored_rows_are_read_back_only_for_the_queries_they_answer(tmp_path):
