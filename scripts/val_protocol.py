@@ -146,13 +146,13 @@ def prediction_file(folder: Path, name: str) -> Path:
 
 
 def store_predictions(folder: Path, row: str, predicted, queries: Partition) -> None:
-    """Keep a row's predicted genera with the fingerprint of the queries they answer."""
-    stored = {"queries_sha256": queries.sha256(), "genera": [str(p) for p in predicted]}
+    """Keep a row's predicted genera (None where it named none) with the fingerprint of the queries they answer."""
+    stored = {"queries_sha256": queries.sha256(), "genera": [None if p is None else str(p) for p in predicted]}
     with atomic_text(prediction_file(folder, row)) as handle:
         handle.write(json.dumps(stored))
 
 
-def stored_predictions(folder: Path, row: str, queries: Partition) -> list[str]:
+def stored_predictions(folder: Path, row: str, queries: Partition) -> list[str | None]:
     """The predicted genera a row stored when it was scored on these ``queries``; a clear error naming the row
     when it never was, or was scored on other queries."""
     file = prediction_file(folder, row)

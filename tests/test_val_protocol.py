@@ -44,7 +44,7 @@ def test_stored_rows_are_read_back_only_for_the_queries_they_answer(tmp_path):
     store_predictions(tmp_path, "model", ["A", "A", "B", "B"], queries)
     store_predictions(tmp_path, "twin", ["A", "B", None, "A"], queries)
     assert stored_predictions(tmp_path, "model", queries) == ["A", "A", "B", "B"]
-    assert stored_predictions(tmp_path, "twin", queries) == ["A", "B", "None", "A"]
+    assert stored_predictions(tmp_path, "twin", queries) == ["A", "B", None, "A"]  # no genus named: None, not "None"
     with pytest.raises(FileNotFoundError, match="'gone'"):
         stored_predictions(tmp_path, "gone", queries)
     reordered = unseen_queries(["ACGA", "ACGT", "TTGA", "TTGC"])  # same count, other queries
