@@ -269,3 +269,21 @@ def test_the_table_file_lists_every_pairing_with_a_stored_row():
     assert rows[3:] == ["| 1-paper-mlm | 528 | 1014 | mean | `twin row` | -5.08 [-8.6, -1.6] | +1.50 [+0.4, +2.6] |"]
     del results["eqflop-1-paper-mlm"]
     assert row_table(results) == ""
+
+
+def test_any_two_stored_points_are_paired_by_name():
+    from flop_curve import pack_hits
+    from paired_points import difference_rows
+
+    queries = unseen_queries(["ACGT", "ACGA", "TTGA", "TTGC"])  # species a1, a2, b1, b1
+    results = {
+        "eqflop-1-mlm": {"8": {"mean": {"hits": pack_hits([1, 1, 1, 1])}}},
+        "eqflop-0.5-mlm": {"4": {"mean": {"hits": pack_hits([1, 0, 1, 0])}}},
+    }
+    table = difference_rows(results, [("eqflop-1-mlm:8", "eqflop-0.5-mlm:4")], ["mean"], queries).splitlines()
+    pair, readout, per_species, micro = (cell.strip() for cell in table[2].strip("|").split("|"))
+    assert (pair, readout) == ("`eqflop-1-mlm:8` − `eqflop-0.5-mlm:4`", "mean")
+    assert per_species.startswith("+50.00 [")  # species a1, a2, b1: (0 + 1 + 0.5) / 3
+    assert micro.startswith("+50.00 [")  # 4 of 4 against 2 of 4
+    with pytest.raises(SystemExit, match="eqflop-1-mlm:9: no stored hits for readout 'mean'"):
+        difference_rows(results, [("eqflop-1-mlm:9", "eqflop-0.5-mlm:4")], ["mean"], queries)
