@@ -250,12 +250,15 @@ def markdown_table(results: dict) -> str:
                     f"{r['effective_rank']:.1f}",
                     "–" if probe is None else f"{probe:.2f}",
                     "–" if mean is None else f"{mean:.2f}",
-                    "–"
-                    if diff is None
-                    else "{:+.2f} [{:+.1f}, {:+.1f}]".format(diff["per_species"], *diff["per_species_interval"]),
+                    "–" if diff is None else paired_cell(diff),
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_cell(difference: dict, key: str = "per_species") -> str:
+    """A paired difference and its 95% interval as a table cell: ``+1.92 [-1.6, +5.8]``."""
+    return "{:+.2f} [{:+.1f}, {:+.1f}]".format(difference[key], *difference[f"{key}_interval"])
 
 
 def row_table(results: dict) -> str:
@@ -276,8 +279,8 @@ def row_table(results: dict) -> str:
                         f"{point['training_tflop']:.0f}",
                         readout,
                         f"`{row}`",
-                        "{:+.2f} [{:+.1f}, {:+.1f}]".format(d["per_species"], *d["per_species_interval"]),
-                        "{:+.2f} [{:+.1f}, {:+.1f}]".format(d["micro"], *d["micro_interval"]),
+                        paired_cell(d),
+                        paired_cell(d, "micro"),
                     ]
                     lines.append("| " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines) + "\n" if len(lines) > 2 else ""

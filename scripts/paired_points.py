@@ -12,12 +12,13 @@ import argparse
 import json
 from pathlib import Path
 
-from flop_curve import unpack_hits
+import numpy as np
+from flop_curve import paired_cell, unpack_hits
 
 from barcodemae.evaluation import Partition, load_records, paired_hit_difference, prepare_protocol
 
 
-def point_hits(results: dict, point: str, readout: str, queries: Partition):
+def point_hits(results: dict, point: str, readout: str, queries: Partition) -> np.ndarray:
     """The stored hits of ``RUN:STEP`` under ``readout``; a clear error naming the point when it has none."""
     run, _, step = point.partition(":")
     scored = results.get(run, {}).get(step, {}).get(readout, {})
@@ -33,11 +34,7 @@ def difference_rows(results: dict, pairs: list[tuple[str, str]], readouts: list[
         for readout in readouts:
             ours, theirs = (point_hits(results, point, readout, queries) for point in (a, b))
             d = paired_hit_difference(ours, theirs, queries.species)
-            lines.append(
-                f"| `{a}` − `{b}` | {readout} | "
-                + "{:+.2f} [{:+.1f}, {:+.1f}] | ".format(d["per_species"], *d["per_species_interval"])
-                + "{:+.2f} [{:+.1f}, {:+.1f}] |".format(d["micro"], *d["micro_interval"])
-            )
+            lines.append(f"| `{a}` − `{b}` | {readout} | {paired_cell(d)} | {paired_cell(d, 'micro')} |")
     return "\n".join(lines)
 
 
