@@ -18,6 +18,7 @@ import argparse
 import base64
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,15 @@ def scored_readouts(results: dict) -> list[str]:
     return sorted(found - {"training_tflop"}, key=lambda readout: (readout != "mean", readout))
 
 
+def scored_points(results: dict) -> Iterator[tuple[str, str, str, str, dict]]:
+    """Every scored (run, step, TFLOP, readout, score) of the results file, runs in file order, steps ascending."""
+    for run, points in scored_runs(results).items():
+        for step in sorted(points, key=int):
+            point = points[step]
+            for readout in sorted(set(point) - {"training_tflop"}):
+                yield run.removeprefix("eqflop-"), step, f"{point['training_tflop']:.0f}", readout, point[readout]
+
+
 def markdown_table(results: dict) -> str:
     """Every scored point: genus 1-NN per species [95%] and micro, effective rank, species probe, harmonic mean (per
     species) and the paired difference from the same budget's MLM."""
@@ -231,28 +241,24 @@ def markdown_table(results: dict) -> str:
         " | − MLM per species [95%] |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for run, points in scored_runs(results).items():
-        for step in sorted(points, key=int):
-            point = points[step]
-            for readout in sorted(set(point) - {"training_tflop"}):
-                r = point[readout]
-                low, high = r["per_species_interval"]
-                probe = r.get("species_probe_val", {}).get("accuracy")
-                mean = r.get("harmonic_mean_per_species")
-                diff = r.get("minus_mlm")
-                cells = [
-                    run.removeprefix("eqflop-"),
-                    step,
-                    f"{point['training_tflop']:.0f}",
-                    readout if "precision" not in r else f"{readout} ({r['precision']})",
-                    f"{r['per_species']:.2f} [{low:.1f}, {high:.1f}]",
-                    f"{r['micro']:.2f}",
-                    f"{r['effective_rank']:.1f}",
-                    "–" if probe is None else f"{probe:.2f}",
-                    "–" if mean is None else f"{mean:.2f}",
-                    "–" if diff is None else paired_cell(diff),
-                ]
-                lines.append("| " + " | ".join(cells) + " |")
+    for run, step, tflop, readout, r in scored_points(results):
+        low, high = r["per_species_interval"]
+        probe = r.get("species_probe_val", {}).get("accuracy")
+        mean = r.get("harmonic_mean_per_species")
+        diff = r.get("minus_mlm")
+        cells = [
+            run,
+            step,
+            tflop,
+            readout if "precision" not in r else f"{readout} ({r['precision']})",
+            f"{r['per_species']:.2f} [{low:.1f}, {high:.1f}]",
+            f"{r['micro']:.2f}",
+            f"{r['effective_rank']:.1f}",
+            "–" if probe is None else f"{probe:.2f}",
+            "–" if mean is None else f"{mean:.2f}",
+            "–" if diff is None else paired_cell(diff),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -268,21 +274,10 @@ def row_table(results: dict) -> str:
         "| run | step | TFLOP | readout | − row | per species [95%] | micro [95%] |",
         "|---|---:|---:|---|---|---:|---:|",
     ]
-    for run, points in scored_runs(results).items():
-        for step in sorted(points, key=int):
-            point = points[step]
-            for readout in sorted(set(point) - {"training_tflop"}):
-                for row, d in point[readout].get("minus_rows", {}).items():
-                    cells = [
-                        run.removeprefix("eqflop-"),
-                        step,
-                        f"{point['training_tflop']:.0f}",
-                        readout,
-                        f"`{row}`",
-                        paired_cell(d),
-                        paired_cell(d, "micro"),
-                    ]
-                    lines.append("| " + " | ".join(cells) + " |")
+    for run, step, tflop, readout, r in scored_points(results):
+        for row, d in r.get("minus_rows", {}).items():
+            cells = [run, step, tflop, readout, f"`{row}`", paired_cell(d), paired_cell(d, "micro")]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
