@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 PERTURBATIONS = (("masking", "Token masking"), ("deletion", "Token deletion"))
+READOUT_ORDER = ("mean", "mean_whitened", "kmer_bag")  # the paper's readout first
 RUN_NAME = re.compile(r"eqflop-(?P<budget>[0-9.]+)-(?P<recipe>[a-z-]+?)(?:-seed(?P<seed>[0-9]+))?")
 
 
@@ -150,47 +151,79 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path) ->
 
 
 def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Path:
-    """Genus 1-NN per species (95% interval bars) against training FLOPs (log axis): one panel per readout, one line
-    per run; a recipe keeps its colour and a budget its line style (runs named ``eqflop-BUDGET-RECIPE``), a run of
-    another seed (``-seedN``) its recipe's colour with square markers; one legend beside the panels, so that it
-    hides no point.
+    """Genus 1-NN per species (95% interval bars) against training FLOPs (log axis): one panel per readout (columns)
+    and model size (rows: the ``paper-`` recipes apart), one line per run; a recipe keeps its colour, a budget its
+    line style and a seed its marker (runs named ``eqflop-BUDGET-RECIPE[-seedN]``). The legend, below the panels,
+    names recipes, budgets and markers once each rather than every run.
     ``runs``: ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi]}}}}``.
     """
+    scored = {key for points in runs.values() for point in points.values() for key in point} - {"training_tflop"}
     readouts = sorted(
-        {key for points in runs.values() for point in points.values() for key in point} - {"training_tflop"}
+        scored, key=lambda readout: (READOUT_ORDER.index(readout) if readout in READOUT_ORDER else 9, readout)
     )
+    sizes = {run: flop_curve_size(run) for run in runs}
+    rows = list(dict.fromkeys(sizes.values()))
     styles = flop_curve_styles(list(runs))
-    fig, axes = plt.subplots(1, len(readouts), figsize=(6 * len(readouts), 4.5), squeeze=False)
-    for ax, readout in zip(axes[0], readouts):
-        for run, points in runs.items():
-            scored = [points[step] for step in sorted(points, key=int) if readout in points[step]]
-            if not scored:
-                continue
-            color, style, marker = styles[run]
-            x = [point["training_tflop"] for point in scored]
-            y = np.array([point[readout]["per_species"] for point in scored])
-            low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
-            ax.errorbar(
-                x,
-                y,
-                yerr=[y - low, high - y],
-                marker=marker,
-                ms=4,
-                capsize=2,
-                elinewidth=0.8,
-                alpha=0.85,
-                linestyle=style,
-                label=run.removeprefix("eqflop-"),
-                color=color,
-            )
-        ax.set_xscale("log")
-        ax.set_title(f"readout: {readout}")
+    fig, axes = plt.subplots(
+        len(rows), len(readouts), figsize=(5.5 * len(readouts), 3.8 * len(rows)), squeeze=False, sharex="col"
+    )
+    for row, size in enumerate(rows):
+        for ax, readout in zip(axes[row], readouts):
+            for run in (run for run in runs if sizes[run] == size):
+                _draw_run(ax, runs[run], readout, styles[run])
+            ax.set_xscale("log")
+            ax.set_title(f"{size}, readout: {readout}", fontsize=10)
+            ax.set_ylabel("genus 1-NN per species (%)")
+            ax.grid(alpha=0.3, which="both")
+    for ax in axes[-1]:
         ax.set_xlabel("training TFLOP (log)")
-        ax.set_ylabel("val_unseen genus 1-NN, per species (%)")
-        ax.grid(alpha=0.3, which="both")
-    legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    handles = flop_curve_legend(list(runs), styles)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, fontsize=8, frameon=False)
+    fig.suptitle("val_unseen genus 1-NN against training FLOPs (95% intervals)", y=1.0)
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def flop_curve_size(run: str) -> str:
+    """The row a run is drawn in: the paper's size for ``paper-`` recipes, else the small size."""
+    name = EqualFlopsRun.parse(run)
+    return "paper's size" if name and name.recipe.startswith("paper-") else "small size"
+
+
+def _draw_run(ax: plt.Axes, points: dict[str, dict[str, Any]], readout: str, style: tuple[str, str, str]) -> None:
+    scored = [points[step] for step in sorted(points, key=int) if readout in points[step]]
+    if not scored:
+        return
+    color, line, marker = style
+    y = np.array([point[readout]["per_species"] for point in scored])
+    low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
+    x = [point["training_tflop"] for point in scored]
+    ax.errorbar(
+        x,
+        y,
+        yerr=[y - low, high - y],
+        marker=marker,
+        ms=4,
+        capsize=2,
+        elinewidth=0.8,
+        alpha=0.85,
+        linestyle=line,
+        color=color,
+    )
+
+
+def flop_curve_legend(runs: list[str], styles: dict[str, tuple[str, str, str]]) -> list[plt.Line2D]:
+    """One entry per recipe (its colour), per budget (its line style) and per marker, in order of appearance."""
+    names = {run: EqualFlopsRun.parse(run) for run in runs}
+    recipes = {name.recipe if name else run: styles[run][0] for run, name in names.items()}
+    budgets = {name.budget: styles[run][1] for run, name in names.items() if name}
+    handles = [plt.Line2D([], [], color=color, lw=2, label=recipe) for recipe, color in recipes.items()]
+    for budget, line in sorted(budgets.items(), key=lambda item: float(item[0])):
+        handles.append(plt.Line2D([], [], color="k", linestyle=line, label=f"{budget} PFLOP"))
+    handles.append(plt.Line2D([], [], color="k", marker="o", linestyle="", label="seed 0"))
+    if any(name and name.seed for name in names.values()):
+        handles.append(plt.Line2D([], [], color="k", marker="s", linestyle="", label="other seeds"))
+    return handles
 
 
 def flop_curve_styles(runs: list[str]) -> dict[str, tuple[str, str, str]]:

@@ -11,7 +11,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from flop_curve import checkpoints, readouts_to_score, training_tflop  # noqa: E402
 
-from barcodemae.plots import EqualFlopsRun, flop_curve_styles, plot_flop_curves  # noqa: E402
+from barcodemae.plots import (  # noqa: E402
+    EqualFlopsRun,
+    flop_curve_legend,
+    flop_curve_size,
+    flop_curve_styles,
+    plot_flop_curves,
+)
 
 
 def make_run(tmp_path: Path, steps: list[int], batch: int = 128) -> Path:
@@ -57,6 +63,14 @@ def test_flop_curve_styles_follow_recipe_budget_and_seed():
     assert styles["eqflop-0.5-mlm"] == ("C0", "-", "o")
     assert styles["eqflop-0.25-mae-light-vis"] == ("C1", "--", "o")
     assert styles["twin"] == ("C2", "-", "o")
+
+
+def test_flop_curve_rows_and_legend():
+    """The paper's size is drawn in a row of its own; the legend names each recipe, budget and marker once."""
+    runs = ["eqflop-0.25-mlm", "eqflop-0.25-mlm-seed2", "eqflop-1-mlm", "eqflop-1-paper-mae-vis"]
+    assert [flop_curve_size(run) for run in runs] == ["small size"] * 3 + ["paper's size"]
+    labels = [handle.get_label() for handle in flop_curve_legend(runs, flop_curve_styles(runs))]
+    assert labels == ["mlm", "paper-mae-vis", "0.25 PFLOP", "1 PFLOP", "seed 0", "other seeds"]
 
 
 def test_equal_flops_run_names():
