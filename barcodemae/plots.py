@@ -152,34 +152,40 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path) ->
 
 def plot_flop_curves(runs: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Path:
     """Genus 1-NN per species (95% interval bars) against training FLOPs (log axis): one panel per readout (columns)
-    and model size (rows: the ``paper-`` recipes apart), one line per run; a recipe keeps its colour, a budget its
-    line style and a seed its marker (runs named ``eqflop-BUDGET-RECIPE[-seedN]``). The legend, below the panels,
-    names recipes, budgets and markers once each rather than every run.
-    ``runs``: ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi]}}}}``.
+    and model size (rows: the ``paper-`` recipes apart), then the effective rank of the paper's readout (``mean``),
+    where collapse shows; one line per run; a recipe keeps its colour, a budget its line style and a seed its marker
+    (runs named ``eqflop-BUDGET-RECIPE[-seedN]``). The legend, below the panels, names recipes, budgets and markers
+    once each rather than every run.
+    ``runs``: ``{run: {step: {"training_tflop": x, readout: {"per_species": y, "per_species_interval": [lo, hi],
+    "effective_rank": r}}}}``.
     """
     scored = {key for points in runs.values() for point in points.values() for key in point} - {"training_tflop"}
     readouts = sorted(
         scored, key=lambda readout: (READOUT_ORDER.index(readout) if readout in READOUT_ORDER else 9, readout)
     )
+    panels = [(readout, "per_species") for readout in readouts]
+    if any("effective_rank" in point.get("mean", {}) for points in runs.values() for point in points.values()):
+        panels.append(("mean", "effective_rank"))
     sizes = {run: flop_curve_size(run) for run in runs}
     rows = list(dict.fromkeys(sizes.values()))
     styles = flop_curve_styles(list(runs))
     fig, axes = plt.subplots(
-        len(rows), len(readouts), figsize=(5.5 * len(readouts), 3.8 * len(rows)), squeeze=False, sharex="col"
+        len(rows), len(panels), figsize=(5 * len(panels), 3.8 * len(rows)), squeeze=False, sharex="col"
     )
     for row, size in enumerate(rows):
-        for ax, readout in zip(axes[row], readouts):
+        for ax, (readout, metric) in zip(axes[row], panels):
             for run in (run for run in runs if sizes[run] == size):
-                _draw_run(ax, runs[run], readout, styles[run])
+                _draw_run(ax, runs[run], readout, metric, styles[run])
             ax.set_xscale("log")
-            ax.set_title(f"{size}, readout: {readout}", fontsize=10)
-            ax.set_ylabel("genus 1-NN per species (%)")
+            rank = metric == "effective_rank"
+            ax.set_title(f"{size}, readout: {readout}{', effective rank' if rank else ''}", fontsize=10)
+            ax.set_ylabel("effective rank" if rank else "genus 1-NN per species (%)")
             ax.grid(alpha=0.3, which="both")
     for ax in axes[-1]:
         ax.set_xlabel("training TFLOP (log)")
     handles = flop_curve_legend(list(runs), styles)
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, fontsize=8, frameon=False)
-    fig.suptitle("val_unseen genus 1-NN against training FLOPs (95% intervals)", y=1.0)
+    fig.suptitle("val_unseen genus 1-NN (95% intervals) and effective rank against training FLOPs", y=1.0)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -190,25 +196,23 @@ def flop_curve_size(run: str) -> str:
     return "paper's size" if name and name.recipe.startswith("paper-") else "small size"
 
 
-def _draw_run(ax: plt.Axes, points: dict[str, dict[str, Any]], readout: str, style: tuple[str, str, str]) -> None:
-    scored = [points[step] for step in sorted(points, key=int) if readout in points[step]]
+def _draw_run(
+    ax: plt.Axes, points: dict[str, dict[str, Any]], readout: str, metric: str, style: tuple[str, str, str]
+) -> None:
+    """One run's points of ``metric`` (``per_species`` with its interval bars, or ``effective_rank``)."""
+    scored = [points[step] for step in sorted(points, key=int) if metric in points[step].get(readout, {})]
     if not scored:
         return
     color, line, marker = style
-    y = np.array([point[readout]["per_species"] for point in scored])
-    low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
+    y = np.array([point[readout][metric] for point in scored])
+    if metric == "per_species":
+        low, high = np.array([point[readout]["per_species_interval"] for point in scored]).T
+        yerr = [y - low, high - y]
+    else:
+        yerr = None
     x = [point["training_tflop"] for point in scored]
     ax.errorbar(
-        x,
-        y,
-        yerr=[y - low, high - y],
-        marker=marker,
-        ms=4,
-        capsize=2,
-        elinewidth=0.8,
-        alpha=0.85,
-        linestyle=line,
-        color=color,
+        x, y, yerr=yerr, marker=marker, ms=4, capsize=2, elinewidth=0.8, alpha=0.85, linestyle=line, color=color
     )
 
 

@@ -46,7 +46,7 @@ def test_training_flops_scale_with_steps_and_batch(tmp_path):
 
 
 def test_flop_curve_plot(tmp_path):
-    point = {"per_species": 60.0, "per_species_interval": [55.0, 65.0]}
+    point = {"per_species": 60.0, "per_species_interval": [55.0, 65.0], "effective_rank": 90.0}
     runs = {
         "eqflop-0.25-mlm": {"100": {"training_tflop": 15.6, "mean": point}, "200": {"training_tflop": 31.2}},
         "eqflop-0.25-mlm-seed1": {"100": {"training_tflop": 15.6, "mean": point}},
