@@ -230,6 +230,38 @@ def paired_hit_difference(
     }
 
 
+def seed_pooled_difference(
+    hits_a: Sequence[np.ndarray],
+    hits_b: Sequence[np.ndarray],
+    species: Sequence,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A minus B per species (percentage points) averaged over training seeds, one pair of 0/1 hit arrays per seed
+    on the same queries, with a two-level bootstrap 95% interval: the seeds resampled with replacement, then the
+    species (the same species for every seed), so it holds what training noise moves as well as what the choice of
+    species does. ``standard_errors`` is the difference over the SD of its bootstrap draws (None where they agree)."""
+    if len(hits_a) != len(hits_b) or len(hits_a) < 2:
+        raise ValueError(f"need the same two or more seeds for A and B, got {len(hits_a)} and {len(hits_b)}")
+    _, group = np.unique(np.asarray(species, dtype=object).astype(str), return_inverse=True)
+    counts = np.bincount(group)
+    per_seed = np.stack(  # seeds × species
+        [(np.bincount(group, weights=a) - np.bincount(group, weights=b)) / counts for a, b in zip(hits_a, hits_b)]
+    )
+    rng = np.random.default_rng(seed)
+    species_draws = rng.integers(0, per_seed.shape[1], (resamples, per_seed.shape[1]))
+    seed_draws = rng.integers(0, len(per_seed), (resamples, len(per_seed)))
+    by_seed = np.stack([row[species_draws].mean(axis=1) for row in per_seed], axis=1)  # resamples × seeds
+    draws = np.take_along_axis(by_seed, seed_draws, axis=1).mean(axis=1) * 100
+    difference, spread = float(per_seed.mean()) * 100, float(draws.std(ddof=1))
+    return {
+        "seeds": len(per_seed),
+        "per_species": round(difference, 2),
+        "per_species_interval": tuple(round(float(x), 2) for x in np.percentile(draws, [2.5, 97.5])),
+        "standard_errors": round(difference / spread, 2) if spread > 0 else None,
+    }
+
+
 # ---------------------------------------------------------------------------------------------- linear probe
 @dataclass
 class ProbeConfig:

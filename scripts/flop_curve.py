@@ -18,7 +18,7 @@ import argparse
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from barcodemae.evaluation import (
     load_records,
     paired_hit_difference,
     prepare_protocol,
+    seed_pooled_difference,
 )
 from barcodemae.io import atomic_text
 from barcodemae.plots import EqualFlopsRun, plot_flop_curves
@@ -175,11 +176,13 @@ def paired_against_row(run: Path, points: dict, readout: str, row: str, protocol
         print(f"{run.name} step {step} {readout}: {difference['per_species']:+.2f} per species vs {row}", flush=True)
 
 
-def seed_table(results: dict, readout: str = "mean") -> str:
+def seed_table(results: dict, readout: str = "mean", species: Sequence | None = None) -> str:
     """Each recipe run with two or more seeds against the MLM of the same budget and seed, at the final points:
     genus 1-NN per species of both, their difference (with its paired 95% interval, queries resampled, where the
     point was paired), and over the seeds the mean and standard deviation of each (what training noise moves,
-    which the bootstrap over queries does not see); a seed scored under bf16 says so."""
+    which the bootstrap over queries does not see); a seed scored under bf16 says so. Given the queries'
+    ``species``, also the difference pooled over the seeds whose points both stored hits, with its two-level
+    (seeds, then species) bootstrap interval and how many standard errors it is."""
     runs = scored_runs(results)
     families: dict[tuple[str, str], list[str]] = {}
     for run in runs:
@@ -197,19 +200,34 @@ def seed_table(results: dict, readout: str = "mean") -> str:
             theirs = final_point(runs.get(baseline_run(Path(run)).name, {})).get(readout, {})
             if ours and theirs:
                 seed = f"{EqualFlopsRun.parse(run).seed}" + (f" ({ours['precision']})" if "precision" in ours else "")
-                rows.append((seed, ours["per_species"], theirs["per_species"], ours.get("minus_mlm")))
+                hits = (ours["hits"], theirs["hits"]) if "hits" in ours and "hits" in theirs else None
+                rows.append((seed, ours["per_species"], theirs["per_species"], ours.get("minus_mlm"), hits))
         if len(rows) < 2:
             continue
-        for seed, ours, theirs, paired in rows:
+        for seed, ours, theirs, paired, _ in rows:
             interval = "" if paired is None else " [{:+.1f}, {:+.1f}]".format(*paired["per_species_interval"])
             lines.append(
                 f"| {budget} | {recipe} | {seed} | {ours:.2f} | {theirs:.2f} | {ours - theirs:+.2f}{interval} |"
             )
-        values = np.array([[ours, theirs, ours - theirs] for _, ours, theirs, _ in rows])
+        values = np.array([[ours, theirs, ours - theirs] for _, ours, theirs, _, _ in rows])
         mean, sd = values.mean(0), values.std(0, ddof=1)
         cells = [f"{mean[0]:.2f} ± {sd[0]:.2f}", f"{mean[1]:.2f} ± {sd[1]:.2f}", f"{mean[2]:+.2f} ± {sd[2]:.2f}"]
         lines.append(f"| {budget} | {recipe} | mean ± SD of {len(rows)} | {' | '.join(cells)} |")
+        with_hits = [(seed, hits) for seed, *_, hits in rows if hits is not None]
+        if species is not None and len(with_hits) >= 2:
+            lines.append(f"| {budget} | {recipe} | {pooled_cell(with_hits, species)} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def pooled_cell(with_hits: list[tuple[str, tuple[str, str]]], species: Sequence) -> str:
+    """The seed-pooled difference of :func:`seed_table` as its row's last cells."""
+    ours, theirs = ([unpack_hits(hits[i], len(species)) for _, hits in with_hits] for i in (0, 1))
+    pooled = seed_pooled_difference(ours, theirs, species)
+    seeds = ", ".join(seed.split(" ")[0] for seed, _ in with_hits)
+    low, high = pooled["per_species_interval"]
+    errors = "" if pooled["standard_errors"] is None else f", {pooled['standard_errors']:.1f} SE"
+    difference = f"{pooled['per_species']:+.2f} [{low:+.1f}, {high:+.1f}]{errors}"
+    return f"pooled over seeds {seeds} (two-level bootstrap) | | | {difference}"
 
 
 def final_point(points: dict) -> dict:
@@ -356,7 +374,8 @@ def main() -> None:
                 paired_against_row(run, points, readout, row, protocol, args.cache_dir)
         write_results(args.output, results)
     plot_flop_curves(scored_runs(results), args.plot)
-    seeds = "".join(f"\n{table}" for table in (seed_table(results, r) for r in scored_readouts(results)) if table)
+    tables = (seed_table(results, readout, protocol.unseen.species) for readout in scored_readouts(results))
+    seeds = "".join(f"\n{table}" for table in tables if table)
     with atomic_text(args.table) as handle:
         handle.write(markdown_table(results) + seeds + row_table(results))
 

@@ -102,6 +102,29 @@ def test_accuracy_with_interval_resamples_queries():
     assert ev.accuracy_with_interval([], []) == (pytest.approx(float("nan"), nan_ok=True), None)
 
 
+def test_seed_pooled_difference_averages_seeds_and_widens_with_training_noise():
+    rng = np.random.default_rng(0)
+    species = np.repeat(np.arange(40), 5)
+    base = (rng.random(200) < 0.5).astype(float)
+    ahead = base.copy()
+    ahead[species < 8] = 1.0  # A gets 8 more species right, whatever the seed
+    steady = ev.seed_pooled_difference([ahead, ahead], [base, base], species)
+    assert steady["seeds"] == 2
+    assert steady["per_species"] == pytest.approx(100 * (ahead - base).reshape(40, 5).mean(1).mean(), abs=0.01)
+    assert steady["per_species_interval"][0] < steady["per_species"] < steady["per_species_interval"][1]
+    assert steady["standard_errors"] > 2
+    worse = base.copy()
+    worse[species >= 30] = 1.0 - base[species >= 30]  # seed 2 of A loses other species: training noise
+    noisy = ev.seed_pooled_difference([ahead, worse], [base, base], species)
+    assert noisy["per_species_interval"][1] - noisy["per_species_interval"][0] > (
+        steady["per_species_interval"][1] - steady["per_species_interval"][0]
+    )
+    same = ev.seed_pooled_difference([base, base], [base, base], species)
+    assert same["per_species_interval"] == (0, 0) and same["standard_errors"] is None
+    with pytest.raises(ValueError, match="two or more seeds"):
+        ev.seed_pooled_difference([ahead], [base], species)
+
+
 # ------------------------------------------------------------------------------------ nearest neighbours
 @pytest.mark.parametrize("k", [1, 3])
 def test_nearest_neighbors_chunked_equals_brute_force(k):

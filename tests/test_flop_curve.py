@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from partitions import unseen_queries
 
@@ -112,7 +113,6 @@ def test_paired_difference_against_the_mlm_at_matching_flops(tmp_path):
 
 
 def test_hits_survive_packing_for_any_number_of_queries():
-    import numpy as np
     from flop_curve import pack_hits, unpack_hits
 
     rng = np.random.default_rng(0)
@@ -161,7 +161,6 @@ def test_whitened_readout_uses_reference_statistics_only(monkeypatch):
     """``mean_whitened``: the references come out centred with identity covariance; the queries are mapped by the
     same transform (not whitened on their own statistics)."""
     import flop_curve
-    import numpy as np
 
     rng = np.random.default_rng(0)
     refs = rng.normal(size=(500, 4)) @ np.diag([10.0, 1.0, 0.1, 3.0]) + 5.0
@@ -235,6 +234,30 @@ def test_seed_table_pairs_each_seed_with_its_own_mlm_and_reports_the_spread_over
     assert rows[4] == "| 0.0625 | mae-light-vis | 1 (bf16) | 45.00 | 30.00 | +15.00 [+11.0, +19.0] |"
     assert len(rows) == 6
     assert seed_table(results, "kmer_bag") == ""
+
+
+def test_seed_table_pools_the_seeds_whose_points_stored_hits():
+    from flop_curve import pack_hits, seed_table
+
+    species = np.repeat(np.arange(20), 3)
+    mlm = np.zeros(60)
+    mae = np.zeros(60)
+    mae[:30] = 1  # the first ten species right with every seed
+
+    def final(hits):
+        return {"900": {"training_tflop": 250.0, "mean": {"per_species": 100 * hits.mean(), "hits": pack_hits(hits)}}}
+
+    results = {
+        f"eqflop-0.25-{recipe}{suffix}": final(hits)
+        for suffix in ("", "-seed1", "-seed2")
+        for recipe, hits in (("mlm", mlm), ("mae-light-vis", mae))
+    }
+    del results["eqflop-0.25-mae-light-vis"]["900"]["mean"]["hits"]  # seed 0 scored before hits were kept
+    rows = seed_table(results, "mean", species).splitlines()[2:]
+    assert rows[3] == "| 0.25 | mae-light-vis | mean ± SD of 3 | 50.00 ± 0.00 | 0.00 ± 0.00 | +50.00 ± 0.00 |"
+    assert rows[4].startswith("| 0.25 | mae-light-vis | pooled over seeds 1, 2 (two-level bootstrap) | | | +50.00 [")
+    assert rows[4].endswith(" SE |") and len(rows) == 5
+    assert len(seed_table(results, "mean").splitlines()) == 6  # no species: no pooled row
 
 
 def test_points_are_paired_with_a_stored_val_protocol_row(tmp_path):
