@@ -211,14 +211,18 @@ def paired_difference(
     return paired_hit_difference(a, b, species, resamples, seed)
 
 
+def species_differences(a: np.ndarray, b: np.ndarray, species: Sequence) -> np.ndarray:
+    """Each species' mean of A's 0/1 hits minus B's (fractions), species in sorted order."""
+    _, group = np.unique(np.asarray(species, dtype=object).astype(str), return_inverse=True)
+    return (np.bincount(group, weights=a) - np.bincount(group, weights=b)) / np.bincount(group)
+
+
 def paired_hit_difference(
     a: np.ndarray, b: np.ndarray, species: Sequence, resamples: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
     """:func:`paired_difference` from each query's correctness under A and under B (0/1 arrays in query order)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    _, group = np.unique(np.asarray(species, dtype=object).astype(str), return_inverse=True)
-    counts = np.bincount(group)
-    per_group = (np.bincount(group, weights=a) - np.bincount(group, weights=b)) / counts
+    per_group = species_differences(a, b, species)
     rng = np.random.default_rng(seed)
     species_draws = per_group[rng.integers(0, len(per_group), (resamples, len(per_group)))].mean(1) * 100
     micro_draws = (a - b)[rng.integers(0, len(a), (resamples, len(a)))].mean(1) * 100
@@ -243,11 +247,7 @@ def seed_pooled_difference(
     species does. ``standard_errors`` is the difference over the SD of its bootstrap draws (None where they agree)."""
     if len(hits_a) != len(hits_b) or len(hits_a) < 2:
         raise ValueError(f"need the same two or more seeds for A and B, got {len(hits_a)} and {len(hits_b)}")
-    _, group = np.unique(np.asarray(species, dtype=object).astype(str), return_inverse=True)
-    counts = np.bincount(group)
-    per_seed = np.stack(  # seeds × species
-        [(np.bincount(group, weights=a) - np.bincount(group, weights=b)) / counts for a, b in zip(hits_a, hits_b)]
-    )
+    per_seed = np.stack([species_differences(a, b, species) for a, b in zip(hits_a, hits_b)])  # seeds × species
     rng = np.random.default_rng(seed)
     species_draws = rng.integers(0, per_seed.shape[1], (resamples, per_seed.shape[1]))
     seed_draws = rng.integers(0, len(per_seed), (resamples, len(per_seed)))
