@@ -55,8 +55,10 @@ mkdir -p "$out"
 printf '{"recipe": "%s", "budget_pflop": %s, "tflop_per_step_at_batch_64": %s, "batch": %s, "max_steps": %s, "precision": "%s", "learning_rate": %s, "seed": %s}\n' \
   "$name" "$budget" "$tflop" "$batch" "$steps" "$precision" "$lr" "$seed" > "$out/budget.json"
 resume=()
-last=$(ls -d "$out"/checkpoint-* 2>/dev/null | sort -V | tail -1 || true)
-[ -n "$last" ] && resume=(--resume_from_checkpoint "$last")
+# the last complete checkpoint: the Trainer writes trainer_state.json last, so a save cut off by the end of a
+# session is skipped
+state=$(ls "$out"/checkpoint-*/trainer_state.json 2>/dev/null | sort -V | tail -1 || true)
+[ -n "$state" ] && resume=(--resume_from_checkpoint "$(dirname "$state")")
 OMP_NUM_THREADS=${THREADS:-1} HF_HUB_OFFLINE=1 exec "${PYTHON:-.venv/bin/python}" train.py \
   --data_file "${DATA:-../shared/data/barcodes.tsv.gz}" --preset "$preset" --embedding_frames 1 \
   --output_dir "$out" --max_steps "$steps" --per_device_train_batch_size "$batch" --learning_rate "$lr" \
