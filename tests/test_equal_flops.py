@@ -93,3 +93,20 @@ def test_another_seed_trains_into_its_own_run_and_records_it(tmp_path):
     assert arguments[arguments.index("--seed") + 1] == "1"
     assert arguments[arguments.index("--output_dir") + 1] == str(tmp_path / "eqflop-0.25-mlm-seed1")
     assert json.loads((tmp_path / "eqflop-0.25-mlm-seed1" / "budget.json").read_text())["seed"] == 1
+
+
+def test_a_run_resumes_from_its_last_complete_checkpoint(tmp_path):
+    run_dir = tmp_path / "eqflop-0.25-mlm"
+    for step, complete in ((100, True), (900, True), (1000, False)):  # checkpoint-1000 was cut off mid-save
+        (run_dir / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    run = subprocess.run(
+        ["bash", str(SCRIPT), "mlm", "0.25"],
+        env={**os.environ, "RUNS": str(tmp_path), "PYTHON": "echo"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    arguments = run.stdout.split()
+    assert arguments[arguments.index("--resume_from_checkpoint") + 1] == str(run_dir / "checkpoint-900")
