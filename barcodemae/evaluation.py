@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from barcodemae.io import atomic_text
 from barcodemae.search import as_tensor, l2_normalize, nearest_neighbors
 
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
@@ -955,12 +956,6 @@ BASELINES = ("random", "kmer", "vsearch")
 KMER_SIZES = (4, 5, 6)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def load_records(data: str | Path) -> tuple[list[dict], dict[str, Any]]:
     """Cleaned records (``barcodemae.data`` rules: 660 nt, trailing N stripped...) and the cleaning summary."""
     from barcodemae.data import read_barcodes
@@ -1218,11 +1213,13 @@ def run_evaluation(
     summary = {"protocol": protocol.description, "counts": protocol.counts, "cleaning": cleaning}
     summary["embedding_cache"] = None if cache_dir is None else str(cache_dir)
     summary.update(seconds=seconds, results=results)
-    _write_atomic(output / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
+    with atomic_text(output / "results.json") as handle:
+        handle.write(json.dumps(summary, indent=2, default=str) + "\n")
     device = "a CUDA GPU" if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     took = f"{format_seconds(seconds['total'])} ({device})"
     text = f"# Evaluation of {data}\n\nProtocol: {protocol.description}\n\nTime: {took}.\n\n"
-    _write_atomic(output / "results.md", text + results_to_markdown(results))
+    with atomic_text(output / "results.md") as handle:
+        handle.write(text + results_to_markdown(results))
     if plots:
         curves = {name: row["robustness"] for name, row in results.items() if row.get("robustness")}
         if curves:
