@@ -235,31 +235,36 @@ def paired_hit_difference(
     }
 
 
-def seed_pooled_difference(
-    hits_a: Sequence[np.ndarray],
-    hits_b: Sequence[np.ndarray],
-    species: Sequence,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, Any]:
+def seed_pooled_difference(hits_a: Sequence[np.ndarray], hits_b: Sequence[np.ndarray], species: Sequence) -> dict:
     """A minus B per species (percentage points) averaged over training seeds, one pair of 0/1 hit arrays per seed
-    on the same queries, with a two-level bootstrap 95% interval: the seeds resampled with replacement, then the
-    species (the same species for every seed), so it holds what training noise moves as well as what the choice of
-    species does. ``standard_errors`` is the difference over the SD of its bootstrap draws (None where they agree)."""
+    on the same queries, with a normal 95% interval from the seeds × species variance components (two-way ANOVA,
+    random effects): the choice of species (``species``, over the number of species), a seed's luck on every
+    species at once (``seed``, over the number of seeds; 0 where the seeds' means differ no more than their
+    species' noise explains) and each species' own training noise (``noise``, over both, so more seeds shrink it).
+    ``standard_errors`` is the difference over its standard error (None where that is 0)."""
     if len(hits_a) != len(hits_b) or len(hits_a) < 2:
         raise ValueError(f"need the same two or more seeds for A and B, got {len(hits_a)} and {len(hits_b)}")
-    per_seed = np.stack([species_differences(a, b, species) for a, b in zip(hits_a, hits_b)])  # seeds × species
-    rng = np.random.default_rng(seed)
-    species_draws = rng.integers(0, per_seed.shape[1], (resamples, per_seed.shape[1]))
-    seed_draws = rng.integers(0, len(per_seed), (resamples, len(per_seed)))
-    by_seed = np.stack([row[species_draws].mean(axis=1) for row in per_seed], axis=1)  # resamples × seeds
-    draws = np.take_along_axis(by_seed, seed_draws, axis=1).mean(axis=1) * 100
-    difference, spread = float(per_seed.mean()) * 100, float(draws.std(ddof=1))
+    per_seed = 100 * np.stack([species_differences(a, b, species) for a, b in zip(hits_a, hits_b)])
+    n_seeds, n_species = per_seed.shape
+    seed_means, species_means = per_seed.mean(axis=1), per_seed.mean(axis=0)
+    residual = per_seed - seed_means[:, None] - species_means[None, :] + per_seed.mean()
+    mean_square_species = n_seeds * species_means.var(ddof=1)
+    mean_square_seed = n_species * seed_means.var(ddof=1)
+    noise = float((residual**2).sum()) / ((n_seeds - 1) * (n_species - 1))
+    components = {
+        "species": max(mean_square_species - noise, 0.0) / n_seeds,
+        "seed": max(mean_square_seed - noise, 0.0) / n_species,
+        "noise": noise,
+    }
+    # the unbiased variance of the mean, σ²_species / I + σ²_seed / S + σ²_noise / (I S), with σ²_seed kept ≥ 0
+    variance = (mean_square_species + n_species * components["seed"]) / (n_seeds * n_species)
+    difference, error = float(per_seed.mean()), float(np.sqrt(variance))
     return {
-        "seeds": len(per_seed),
+        "seeds": n_seeds,
         "per_species": round(difference, 2),
-        "per_species_interval": tuple(round(float(x), 2) for x in np.percentile(draws, [2.5, 97.5])),
-        "standard_errors": round(difference / spread, 2) if spread > 0 else None,
+        "per_species_interval": (round(difference - 1.96 * error, 2), round(difference + 1.96 * error, 2)),
+        "standard_errors": round(difference / error, 2) if error > 0 else None,
+        "variance_components": {name: round(float(value), 2) for name, value in components.items()},
     }
 
 

@@ -181,8 +181,8 @@ def seed_table(results: dict, readout: str = "mean", species: Sequence | None = 
     genus 1-NN per species of both, their difference (with its paired 95% interval, queries resampled, where the
     point was paired), and over the seeds the mean and standard deviation of each (what training noise moves,
     which the bootstrap over queries does not see); a seed scored under bf16 says so. Given the queries'
-    ``species``, also the difference pooled over the seeds whose points both stored hits, with its two-level
-    (seeds, then species) bootstrap interval and how many standard errors it is."""
+    ``species``, also the difference pooled over the seeds whose points both stored hits, with its 95% interval
+    from the seeds × species variance components and how many standard errors it is."""
     runs = scored_runs(results)
     families: dict[tuple[str, str], list[str]] = {}
     for run in runs:
@@ -227,7 +227,7 @@ def pooled_cell(with_hits: list[tuple[str, tuple[str, str]]], species: Sequence)
     low, high = pooled["per_species_interval"]
     errors = "" if pooled["standard_errors"] is None else f", {pooled['standard_errors']:.1f} SE"
     difference = f"{pooled['per_species']:+.2f} [{low:+.1f}, {high:+.1f}]{errors}"
-    return f"pooled over seeds {seeds} (two-level bootstrap) | | | {difference}"
+    return f"pooled over seeds {seeds} (seeds × species) | | | {difference}"
 
 
 def final_point(points: dict) -> dict:

@@ -102,27 +102,63 @@ def test_accuracy_with_interval_resamples_queries():
     assert ev.accuracy_with_interval([], []) == (pytest.approx(float("nan"), nan_ok=True), None)
 
 
-def test_seed_pooled_difference_averages_seeds_and_widens_with_training_noise():
+def test_seed_pooled_difference_of_identical_seeds_is_one_seeds_interval_over_species():
     rng = np.random.default_rng(0)
     species = np.repeat(np.arange(40), 5)
     base = (rng.random(200) < 0.5).astype(float)
     ahead = base.copy()
     ahead[species < 8] = 1.0  # A gets 8 more species right, whatever the seed
     steady = ev.seed_pooled_difference([ahead, ahead], [base, base], species)
+    per_species = 100 * (ahead - base).reshape(40, 5).mean(1)
     assert steady["seeds"] == 2
-    assert steady["per_species"] == pytest.approx(100 * (ahead - base).reshape(40, 5).mean(1).mean(), abs=0.01)
-    assert steady["per_species_interval"][0] < steady["per_species"] < steady["per_species_interval"][1]
-    assert steady["standard_errors"] > 2
-    worse = base.copy()
-    worse[species >= 30] = 1.0 - base[species >= 30]  # seed 2 of A loses other species: training noise
-    noisy = ev.seed_pooled_difference([ahead, worse], [base, base], species)
-    assert noisy["per_species_interval"][1] - noisy["per_species_interval"][0] > (
-        steady["per_species_interval"][1] - steady["per_species_interval"][0]
+    assert steady["per_species"] == pytest.approx(per_species.mean(), abs=0.01)
+    half = 1.96 * per_species.std(ddof=1) / np.sqrt(40)  # identical seeds: one seed's interval over species
+    assert steady["per_species_interval"] == pytest.approx(
+        (per_species.mean() - half, per_species.mean() + half), abs=0.01
     )
+    assert steady["standard_errors"] > 2 and steady["variance_components"]["noise"] == 0
     same = ev.seed_pooled_difference([base, base], [base, base], species)
     assert same["per_species_interval"] == (0, 0) and same["standard_errors"] is None
     with pytest.raises(ValueError, match="two or more seeds"):
         ev.seed_pooled_difference([ahead], [base], species)
+
+
+def test_seed_pooled_interval_narrows_with_seeds_when_the_noise_is_each_species_own():
+    rng = np.random.default_rng(1)
+    species = np.repeat(np.arange(100), 4)
+    base = np.zeros(400)
+    seeds = [(rng.random(400) < 0.3).astype(float) for _ in range(8)]  # A's hits: fresh noise every seed
+    two, eight = (ev.seed_pooled_difference(seeds[:n], [base] * n, species) for n in (2, 8))
+    width = {n: r["per_species_interval"][1] - r["per_species_interval"][0] for n, r in ((2, two), (8, eight))}
+    assert width[8] < 0.6 * width[2]
+    assert eight["variance_components"]["species"] < eight["variance_components"]["noise"] / 5
+
+
+def test_seed_pooled_interval_counts_a_seed_that_is_better_everywhere():
+    species = np.repeat(np.arange(50), 2)
+    base = np.zeros(100)
+    steady = np.tile([1.0, 0.0], 50)
+    lucky = np.ones(100)  # one seed of A gets every query right: its gain is the seed's, not the species'
+    result = ev.seed_pooled_difference([steady, steady, lucky], [base] * 3, species)
+    alike = ev.seed_pooled_difference([steady] * 3, [base] * 3, species)
+    assert result["variance_components"]["seed"] > 0 and alike["variance_components"]["seed"] == 0
+    assert result["per_species_interval"][0] < 50 and result["per_species_interval"][1] > 95
+
+
+@pytest.mark.parametrize(
+    ("spread", "n_seeds"),
+    [((0.2, 0.8), 3), ((0.48, 0.52), 6)],  # species that differ a lot; species alike, each seed's noise all there is
+)
+def test_seed_pooled_interval_covers_the_true_difference_about_95_percent_of_the_time(spread, n_seeds):
+    rng = np.random.default_rng(2)
+    species = np.repeat(np.arange(60), 5)
+    covered = 0
+    for _ in range(400):  # 60 species from a population whose mean A − B is 50 points
+        p = np.repeat(rng.uniform(*spread, 60), 5)
+        seeds = [(rng.random(300) < p).astype(float) for _ in range(n_seeds)]
+        low, high = ev.seed_pooled_difference(seeds, [np.zeros(300)] * n_seeds, species)["per_species_interval"]
+        covered += low <= 50 <= high
+    assert 0.91 <= covered / 400 <= 0.985
 
 
 # ------------------------------------------------------------------------------------ nearest neighbours

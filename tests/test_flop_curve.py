@@ -255,7 +255,7 @@ def test_seed_table_pools_the_seeds_whose_points_stored_hits():
     del results["eqflop-0.25-mae-light-vis"]["900"]["mean"]["hits"]  # seed 0 scored before hits were kept
     rows = seed_table(results, "mean", species).splitlines()[2:]
     assert rows[3] == "| 0.25 | mae-light-vis | mean ± SD of 3 | 50.00 ± 0.00 | 0.00 ± 0.00 | +50.00 ± 0.00 |"
-    assert rows[4].startswith("| 0.25 | mae-light-vis | pooled over seeds 1, 2 (two-level bootstrap) | | | +50.00 [")
+    assert rows[4].startswith("| 0.25 | mae-light-vis | pooled over seeds 1, 2 (seeds × species) | | | +50.00 [")
     assert rows[4].endswith(" SE |") and len(rows) == 5
     assert len(seed_table(results, "mean").splitlines()) == 6  # no species: no pooled row
 
