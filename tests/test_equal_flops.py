@@ -110,3 +110,22 @@ def test_a_run_resumes_from_its_last_complete_checkpoint(tmp_path):
     )
     arguments = run.stdout.split()
     assert arguments[arguments.index("--resume_from_checkpoint") + 1] == str(run_dir / "checkpoint-900")
+
+
+def test_the_pair_script_trains_then_scores_the_mlm_and_then_the_mae(tmp_path):
+    pair = SCRIPT.with_name("equal_flops_pair.sh")
+    run = subprocess.run(
+        ["bash", str(pair), "0.25"],
+        env={**os.environ, "RUNS": str(tmp_path), "PYTHON": "echo", "SEED": "2", "BF16": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    order = [line.split()[1:] for line in run.stdout.splitlines() if line.split()[1] in ("training", "scoring")]
+    runs = [str(tmp_path / f"eqflop-0.25-{name}-seed2") for name in ("mlm", "mae-light-vis")]
+    assert order == [["training", runs[0]], ["scoring", runs[0]], ["training", runs[1]], ["scoring", runs[1]]]
+    scoring = [line.split() for line in run.stdout.splitlines() if line.startswith("scripts/flop_curve.py")]
+    assert [arguments[arguments.index("--runs") + 1] for arguments in scoring] == runs
+    assert all(arguments[arguments.index("--precision") + 1] == "bf16" for arguments in scoring)
+    trained = (tmp_path / "eqflop-0.25-mae-light-vis-seed2.log").read_text().split()
+    assert trained[trained.index("--objective") + 1] == "mae" and trained[trained.index("--seed") + 1] == "2"
