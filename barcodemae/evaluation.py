@@ -241,7 +241,9 @@ def seed_pooled_difference(hits_a: Sequence[np.ndarray], hits_b: Sequence[np.nda
     random effects): the choice of species (``species``, over the number of species), a seed's luck on every
     species at once (``seed``, over the number of seeds; 0 where the seeds' means differ no more than their
     species' noise explains) and each species' own training noise (``noise``, over both, so more seeds shrink it).
-    ``standard_errors`` is the difference over its standard error (None where that is 0)."""
+    ``standard_errors`` is the difference over its standard error (None where that is 0), ``seeds_for_2_se`` how
+    many seeds would make it 2 standard errors were the difference and the components as measured (None where no
+    number of seeds would)."""
     if len(hits_a) != len(hits_b) or len(hits_a) < 2:
         raise ValueError(f"need the same two or more seeds for A and B, got {len(hits_a)} and {len(hits_b)}")
     per_seed = 100 * np.stack([species_differences(a, b, species) for a, b in zip(hits_a, hits_b)])
@@ -265,7 +267,18 @@ def seed_pooled_difference(hits_a: Sequence[np.ndarray], hits_b: Sequence[np.nda
         "per_species_interval": (round(difference - 1.96 * error, 2), round(difference + 1.96 * error, 2)),
         "standard_errors": round(difference / error, 2) if error > 0 else None,
         "variance_components": {name: round(float(value), 2) for name, value in components.items()},
+        "seeds_for_2_se": seeds_needed(components, n_species, difference),
     }
+
+
+def seeds_needed(components: dict[str, float], n_species: int, difference: float, errors: float = 2.0) -> int | None:
+    """Fewest seeds S with ``difference`` at ``errors`` standard errors, the variance of the pooled difference being
+    σ²_species / I + (σ²_seed + σ²_noise / I) / S (:func:`seed_pooled_difference`); None where the species term
+    alone is too large."""
+    target, floor = (difference / errors) ** 2, components["species"] / n_species
+    if target <= floor:
+        return None
+    return max(1, math.ceil((components["seed"] + components["noise"] / n_species) / (target - floor)))
 
 
 # ---------------------------------------------------------------------------------------------- linear probe

@@ -226,6 +226,9 @@ def pooled_cell(with_hits: list[tuple[str, tuple[str, str]]], species: Sequence)
     seeds = ", ".join(seed.split(" ")[0] for seed, _ in with_hits)
     low, high = pooled["per_species_interval"]
     errors = "" if pooled["standard_errors"] is None else f", {pooled['standard_errors']:.1f} SE"
+    if pooled["standard_errors"] is not None and abs(pooled["standard_errors"]) < 2:
+        needed = pooled["seeds_for_2_se"]
+        errors += " (2 SE: no number of seeds)" if needed is None else f" (2 SE at ~{needed} seeds)"
     difference = f"{pooled['per_species']:+.2f} [{low:+.1f}, {high:+.1f}]{errors}"
     return f"pooled over seeds {seeds} (seeds × species) | | | {difference}"
 

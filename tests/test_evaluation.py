@@ -145,6 +145,16 @@ def test_seed_pooled_interval_counts_a_seed_that_is_better_everywhere():
     assert result["per_species_interval"][0] < 50 and result["per_species_interval"][1] > 95
 
 
+def test_seeds_needed_for_two_standard_errors():
+    components = {"species": 64.0, "seed": 0.0, "noise": 871.0}  # 0.5 PFLOP's, in points²
+    assert ev.seeds_needed(components, 242, 1.59) == 10
+    assert ev.seeds_needed(components, 242, 10.0) == 1
+    assert ev.seeds_needed(components, 242, 1.0) is None  # the choice of species alone keeps it under 2 SE
+    assert ev.seeds_needed(components, 242, 0.0) is None
+    with_seed_luck = {**components, "seed": 1.0}
+    assert ev.seeds_needed(with_seed_luck, 242, 1.59) > 10
+
+
 @pytest.mark.parametrize(
     ("spread", "n_seeds"),
     [((0.2, 0.8), 3), ((0.48, 0.52), 6)],  # species that differ a lot; species alike, each seed's noise all there is
