@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from barcodemae.data import detect_format, load_barcode_dataset, table_columns
-from barcodemae.training import LABEL_SPLITS, IdentificationProbe, TimeBudgetCallback
+from barcodemae.training import LABEL_SPLITS, IdentificationProbe, TimeBudgetCallback, already_trained
 from configuration_barcodemae import BarcodeMAEConfig
 from modeling_barcodemae import IGNORE_INDEX, BarcodeMAEForPreTraining
 from tokenization_barcodemae import BarcodeMAETokenizer
@@ -311,6 +311,8 @@ def add_genus_labels(train, data_args: DataArguments, config: BarcodeMAEConfig, 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if already_trained(training_args):
+        return
     started = time.time()
     set_seed(training_args.seed)
     config = model_args.build_config()

@@ -298,6 +298,19 @@ def load_classifier(args: FinetuneArguments, label_names: list[str]):
     return model
 
 
+def already_trained(training_args: TrainingArguments) -> bool:
+    """Whether the checkpoint to resume from already holds ``max_steps`` steps (logged): the Trainer would take one
+    step more and save it, so a finished run started again trains nothing instead."""
+    checkpoint = training_args.resume_from_checkpoint
+    if not checkpoint or training_args.max_steps <= 0:
+        return False
+    done = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    if done < training_args.max_steps:
+        return False
+    logger.info("%s already has %d steps (max_steps %d): nothing to train", checkpoint, done, training_args.max_steps)
+    return True
+
+
 def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuneTrainingArguments]:
     parser = HfArgumentParser(
         (FinetuneArguments, FinetuneTrainingArguments),
@@ -319,6 +332,8 @@ def run_finetune(argv: Sequence[str]) -> Path:
 
     args, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if already_trained(training_args):
+        return Path(training_args.output_dir)
     started = time.time()
     set_seed(training_args.seed)
     records, cleaning = load_records(args.data[0]) if len(args.data) == 1 else _load_many(args.data)

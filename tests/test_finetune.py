@@ -159,8 +159,11 @@ def test_export_turns_a_finetune_checkpoint_into_an_encoder_folder(tmp_path, fin
     from transformers import AutoModel
 
     data, model = finetune_inputs
-    _finetune(data, model, tmp_path / "run", "--max_steps", "2", "--save_steps", "2", "--readout", "kmer_bag")
-    assert cli_main(["export", str(tmp_path / "run" / "checkpoint-2"), str(tmp_path / "exported")]) == 0
+    info = _finetune(data, model, tmp_path / "run", "--max_steps", "2", "--save_steps", "2", "--readout", "kmer_bag")
+    checkpoint = str(tmp_path / "run" / "checkpoint-2")
+    again = _finetune(data, model, tmp_path / "run", "--max_steps", "2", "--resume_from_checkpoint", checkpoint)
+    assert again == info and not (tmp_path / "run" / "checkpoint-3").exists()  # a finished run trains nothing more
+    assert cli_main(["export", checkpoint, str(tmp_path / "exported")]) == 0
     encoder = AutoModel.from_pretrained(tmp_path / "exported", trust_remote_code=True)
     assert type(encoder).__name__ == "BarcodeMAEModel" and encoder.config.readout == "kmer_bag"
     assert "barcodemae finetune" in (tmp_path / "exported" / "README.md").read_text()

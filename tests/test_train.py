@@ -83,6 +83,10 @@ def test_resume_continues_exactly(tmp_path, data_file):
     assert set(range(11, 21)) <= set(continued)  # steps 1-10 come back from the checkpoint's log history
     for step in range(11, 21):
         assert continued[step] == pytest.approx(full[step], rel=1e-6, abs=1e-6), step
+    # resuming a finished run trains nothing (the Trainer alone would take a 21st step and save it)
+    info = (resumed / "run_info.json").read_text()
+    run_train([*args, "--output_dir", str(resumed), "--resume_from_checkpoint", str(resumed / "checkpoint-20")])
+    assert not (resumed / "checkpoint-21").exists() and (resumed / "run_info.json").read_text() == info
 
 
 @pytest.mark.skipif(
