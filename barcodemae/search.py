@@ -301,14 +301,19 @@ def alignment_identity(a: str, b: str) -> float:
     return 1.0 - distance / len(query)
 
 
+def candidate_identities(queries: list[str], references: list[str], indices: np.ndarray) -> np.ndarray:
+    """(Q, k) alignment identity of each query to each of its candidate references ``indices`` (Q, k)."""
+    return np.array(
+        [[alignment_identity(q, references[j]) for j in row] for q, row in zip(queries, indices)], dtype=np.float32
+    ).reshape(indices.shape)
+
+
 def rerank_by_alignment(
     queries: list[str], references: list[str], indices: np.ndarray, similarities: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's candidates re-ordered by alignment identity to the query (cosine similarity breaks ties):
     ``(indices, cosine similarities, identities)``, all (Q, k)."""
-    identity = np.array(
-        [[alignment_identity(q, references[j]) for j in row] for q, row in zip(queries, indices)], dtype=np.float32
-    ).reshape(indices.shape)
+    identity = candidate_identities(queries, references, indices)
     order = np.lexsort((-similarities, -identity), axis=1)
     take = np.take_along_axis
     return take(indices, order, 1), take(similarities, order, 1), take(identity, order, 1)

@@ -1,4 +1,5 @@
-"""scripts/novelty_protocol.py: the scores of the novel-species flag, overall and by query length."""
+"""scripts/novelty_protocol.py: the scores of the novel-species flag, overall and by query length, and the bounds
+the labels set."""
 
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from novelty_protocol import acgt_bases, by_length, flag_scores  # noqa: E402
+from novelty_protocol import acgt_bases, barcode_gap, by_length, flag_scores, learned_rule  # noqa: E402
 
 
 def test_flag_scores_count_margins_below_zero_as_flagged():
@@ -39,3 +40,27 @@ def test_by_length_splits_queries_by_acgt_bases():
         "novel_queries": 1,
         "novel_flagged": 0.0,
     }
+
+
+def test_barcode_gap_counts_queries_on_the_wrong_side_of_99_percent():
+    known = np.array([[1.0, 0.9], [0.985, 0.98], [0.99, 0.5]])  # best identities 1.0, 0.985, 0.99
+    novel = np.array([[0.9, 0.995], [0.8, 0.7], [0.95, 0.94], [0.97, 0.2]])  # 0.995, 0.8, 0.95, 0.97
+    gap = barcode_gap(known, novel)
+    assert gap["candidates"] == 2
+    assert gap["known_below_99_percent"] == round(1 / 3, 4) and gap["novel_at_or_above_99_percent"] == 0.25
+    # best cut 0.98 < t <= 0.985: every known cleared, 3 of 4 novel flagged
+    assert gap["best_balanced_accuracy_any_identity_threshold"] == 0.875
+
+
+def test_learned_rule_scores_species_it_never_saw():
+    """A feature that separates known from novel scores ~1; one that only names the species scores ~0.5, as the
+    folds are grouped by species (a species never sits in both the fit and the scored fold)."""
+    rng = np.random.default_rng(0)
+    species = np.repeat(np.arange(40), 25)  # species 0-19 known, 20-39 novel
+    novel = species >= 20
+    separating = np.c_[novel + rng.normal(0, 0.1, len(species)), rng.normal(size=len(species))]
+    bound = learned_rule(separating[~novel], separating[novel], species)
+    assert bound["balanced_accuracy_at_half"] > 0.97
+    species_code = rng.normal(size=(40, 2))[species]  # a per-species point: memorisable, not generalisable
+    bound = learned_rule(species_code[~novel], species_code[novel], species)
+    assert bound["balanced_accuracy_at_half"] < 0.75
