@@ -10,7 +10,8 @@ cosine similarity. With ``rerank="align"`` the ``candidates`` nearest references
 alignment identity to the query (:func:`barcodemae.search.alignment_identity`) and the ``alignment_identity``
 columns are added. ``novel_species`` is true when the best cosine similarity is below the threshold of the genus
 of that best neighbour (the global threshold for genera without their own): the query is probably from a species
-absent from the reference.
+absent from the reference. ``novel_threshold`` is that threshold, so the margin to it can be read (a short read's
+best similarity is lower than a full barcode's: see the README).
 
 **Novel-species threshold** (:func:`calibrate_threshold`), unless given explicitly: calibrated on the reference
 itself by leave-one-out. For up to ``max_queries`` reference barcodes (random, seed 0) whose species has at least
@@ -312,7 +313,7 @@ def build_index(
 def prediction_columns(top_k: int, rerank: str = "none") -> list[str]:
     """The TSV header: which similarity each column is, by its name (cosine of embeddings, alignment identity)."""
     scores = ["cosine_similarity", "alignment_identity"] if rerank == "align" else ["cosine_similarity"]
-    columns = ["query_id", "predicted_genus", "predicted_species", *scores, "novel_species"]
+    columns = ["query_id", "predicted_genus", "predicted_species", *scores, "novel_species", "novel_threshold"]
     for rank in range(1, top_k + 1):
         columns += [f"neighbor_{rank}_{name}" for name in ("id", "species", "genus", *scores)]
     return columns
@@ -361,8 +362,8 @@ def identify_file(
         writer.writerow(prediction_columns(top_k, rerank))
         records = iter_records(query_path, embedder, report, strict)
         for chunk, embeddings in embed_chunks(records, embedder, chunk_size, progress):
-            neighbours, scores, novel = _rank(search, embeddings, chunk, index, top_k, rerank, candidates)
-            _write_predictions(writer, chunk, neighbours, scores, novel, index)
+            ranked = _rank(search, embeddings, chunk, index, top_k, rerank, candidates)
+            _write_predictions(writer, chunk, *ranked, index)
     return report
 
 
@@ -374,8 +375,9 @@ def _rank(
     top_k: int,
     rerank: str,
     candidates: int,
-) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """``(neighbours (n, top_k), score columns, novel flags)`` of one chunk; novelty from the best cosine."""
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """``(neighbours (n, top_k), score columns, novel flags, thresholds)`` of one chunk: novelty from the best cosine
+    and the threshold of that neighbour's genus, before any re-ranking."""
     neighbours, cosine = search.search(embeddings, k=max(top_k, candidates) if rerank == "align" else top_k)
     thresholds = np.array([index.threshold_for(index.genus[int(best)]) for best in neighbours[:, 0]])
     novel = cosine[:, 0] < thresholds
@@ -385,17 +387,23 @@ def _rank(
             [r.sequence for r in chunk], index.sequences, neighbours, cosine
         )
         scores = [cosine, identity]
-    return neighbours[:, :top_k], [score[:, :top_k] for score in scores], novel
+    return neighbours[:, :top_k], [score[:, :top_k] for score in scores], novel, thresholds
 
 
 def _write_predictions(
-    writer, chunk: list[BarcodeRecord], neighbours: np.ndarray, scores: list[np.ndarray], novel: np.ndarray, index
+    writer,
+    chunk: list[BarcodeRecord],
+    neighbours: np.ndarray,
+    scores: list[np.ndarray],
+    novel: np.ndarray,
+    thresholds: np.ndarray,
+    index: ReferenceIndex,
 ) -> None:
     for row_index, (record, row_neighbours) in enumerate(zip(chunk, neighbours)):
         best = int(row_neighbours[0])
         row = [record.record_id, index.genus[best], index.species[best]]
         row += [f"{score[row_index, 0]:.6f}" for score in scores]
-        row.append("true" if novel[row_index] else "false")
+        row += ["true" if novel[row_index] else "false", f"{thresholds[row_index]:.6f}"]
         for rank, neighbour in enumerate(row_neighbours):
             neighbour = int(neighbour)
             row += [index.ids[neighbour], index.species[neighbour], index.genus[neighbour]]

@@ -46,12 +46,13 @@ def test_identify_ranks_own_species_and_flags_novel(tmp_path, capsys, tiny_encod
     assert code == 0, err
     assert "novel-species threshold" in err and "leave-one-out" in err
     rows = read_predictions(out)
-    assert list(rows[0])[:5] == [
+    assert list(rows[0])[:6] == [
         "query_id",
         "predicted_genus",
         "predicted_species",
         "cosine_similarity",
         "novel_species",
+        "novel_threshold",
     ]
     assert list(rows[0])[-4:] == [f"neighbor_3_{c}" for c in ("id", "species", "genus", "cosine_similarity")]
     by_id = {row["query_id"]: row for row in rows}
@@ -69,6 +70,10 @@ def test_identify_ranks_own_species_and_flags_novel(tmp_path, capsys, tiny_encod
         assert row["predicted_species"] != record["species"] and row["novel_species"] == "true"
 
     index = ReferenceIndex.load(index_dir)
+    for row in rows:  # the flag is the best similarity below the threshold of its genus, both written
+        threshold = float(row["novel_threshold"])
+        assert threshold == pytest.approx(index.threshold_for(row["neighbor_1_genus"]), abs=1e-6)
+        assert (row["novel_species"] == "true") == (float(row["cosine_similarity"]) < threshold)
     assert index.ids == [r["processid"] for r in split_records["reference"]]
     assert index.species == [r["species"] for r in split_records["reference"]]
     assert index.embeddings.shape == (len(index.ids), 32) and index.calibration["balanced_accuracy"] == 1.0
@@ -79,7 +84,10 @@ def test_identify_ranks_own_species_and_flags_novel(tmp_path, capsys, tiny_encod
     assert read_predictions(reused) == rows
     code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", reused, "--novel-threshold", -1)
     assert code == 0, err
-    assert {row["novel_species"] for row in read_predictions(reused)} == {"false"}
+    given = read_predictions(reused)
+    assert {row["novel_species"] for row in given} == {"false"} and {row["novel_threshold"] for row in given} == {
+        "-1.000000"
+    }
 
 
 def test_index_embeddings_are_memory_mapped_read_only_and_checked(tmp_path):
@@ -179,7 +187,7 @@ def test_rerank_align_adds_identity_columns(tmp_path, capsys, tiny_encoder, spli
     code, _, err = run(capsys, *args, "--candidates", 6)
     assert code == 0, err
     rows = read_predictions(out)
-    assert list(rows[0])[3:6] == ["cosine_similarity", "alignment_identity", "novel_species"]
+    assert list(rows[0])[3:7] == ["cosine_similarity", "alignment_identity", "novel_species", "novel_threshold"]
     assert list(rows[0])[-5:] == [
         f"neighbor_2_{c}" for c in ("id", "species", "genus", "cosine_similarity", "alignment_identity")
     ]
