@@ -111,7 +111,8 @@ def neighbor_features(
 ) -> np.ndarray:
     """12 features of a query's neighbourhood: cosine similarities (best, second, best minus fifth), identities
     (best, second), the per-genus margin, the best hit's leave-one-out same/other-species similarities and species
-    size, the share of the 10 nearest in the best hit's species, and the best hit's identity rank gap."""
+    size, the share of the 10 nearest in the best hit's species, the best hit's identity and its gap to the best
+    identity (the best hit is the nearest by cosine)."""
     top = idx[:, 0]
     same, other, size = (r[top] for r in reference)
     ranked = np.sort(identity, axis=1)
