@@ -8,7 +8,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from novelty_protocol import acgt_bases, barcode_gap, by_length, flag_scores, learned_rule  # noqa: E402
+from novelty_protocol import (  # noqa: E402
+    acgt_bases,
+    barcode_gap,
+    by_length,
+    flag_scores,
+    learned_rule,
+    neighbor_features,
+    reference_neighbors,
+)
 
 
 def test_flag_scores_count_margins_below_zero_as_flagged():
@@ -64,3 +72,23 @@ def test_learned_rule_scores_species_it_never_saw():
     species_code = rng.normal(size=(40, 2))[species]  # a per-species point: memorisable, not generalisable
     bound = learned_rule(species_code[~novel], species_code[novel], species)
     assert bound["balanced_accuracy_at_half"] < 0.75
+
+
+def test_reference_neighbors_leave_each_barcode_out():
+    refs = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+    same, other, size = reference_neighbors(refs, ["a", "a", "b", ""])  # the unlabelled row takes no part
+    np.testing.assert_allclose(same[:3], [0.8, 0.8, -1.0])  # b has no second barcode
+    np.testing.assert_allclose(other[:3], [0.0, 0.6, 0.6])
+    assert size.tolist()[:3] == [2, 2, 1] and (same[3], other[3], size[3]) == (-1, -1, -1)
+
+
+def test_neighbor_features_read_the_best_hit_and_its_neighbourhood():
+    sims = np.array([[0.99, 0.95, 0.9, 0.85, 0.8] + [0.7] * 5])
+    idx = np.array([[2, 0, 1, 3, 4, 5, 6, 7, 8, 9]])
+    identity = np.array([[0.97, 0.99] + [0.9] * 8])  # the best by identity is not the best by cosine
+    species = np.array(["x", "x", "y", "y", "z", "y", "y", "y", "y", "y"], dtype=object)
+    reference = (np.arange(10) / 10, np.arange(10) / 20, np.arange(10) + 1.0)
+    row = neighbor_features(sims, idx, identity, np.array([-0.02]), species, reference)[0]
+    np.testing.assert_allclose(row[:6], [0.99, 0.95, 0.99 - 0.8, 0.99, 0.97, -0.02])
+    np.testing.assert_allclose(row[6:9], [0.2, 0.1, 3.0])  # the best hit is reference 2
+    np.testing.assert_allclose(row[9:], [0.7, 0.97, 0.02], atol=1e-9)  # 7 of the 10 nearest are species y
