@@ -107,7 +107,12 @@ def reference_neighbors(refs: np.ndarray, species: list[str]) -> tuple[np.ndarra
 
 
 def neighbor_features(
-    sims: np.ndarray, idx: np.ndarray, identity: np.ndarray, margin: np.ndarray, species: np.ndarray, reference: tuple
+    sims: np.ndarray,
+    idx: np.ndarray,
+    identity: np.ndarray,
+    margin: np.ndarray,
+    species: np.ndarray,
+    reference: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """12 features of a query's neighbourhood: cosine similarities (best, second, best minus fifth), identities
     (best, second), the per-genus margin, the best hit's leave-one-out same/other-species similarities and species
