@@ -1,14 +1,38 @@
-"""Reading and cleaning DNA barcodes from BIOSCAN-5M-style tables and FASTA files.
+"""Reading and cleaning DNA barcodes from BIOSCAN-5M / BOLD tables and FASTA files.
 
-Input formats (detected by suffix, each optionally followed by ``.gz``):
+Input formats: the suffix (optionally followed by ``.gz``) says table or FASTA; the header row, or each FASTA
+header, says the dialect (:mod:`barcodemae.formats`). Labels go to the canonical keys ``kingdom phylum class order
+family subfamily genus species dna_bin`` and ``marker``; a label is stripped, and the placeholders ``None NA nan
+null "not classified" not_classified`` (any case) read as empty (unknown).
 
-* tables ``.tsv`` / ``.txt`` (tab-separated) and ``.csv`` (comma-separated), with a header row. Only the
-  ``dna_barcode`` column is mandatory; ``processid`` gives the record id (``row<N>``, the 1-based data row, when
-  the column is missing or the cell empty); ``phylum class order family subfamily genus species dna_bin split``
-  are kept as metadata; other columns are ignored. Fields may be quoted (``"``) and then hold the delimiter or
-  newlines. Every row must have exactly as many fields as the header (blank lines are ignored).
-* FASTA ``.fasta .fa .fas .fna .ffn``: the id is the first word after ``>`` up to whitespace or ``|``; the rest
-  of the header is kept as ``description``; sequences may span several lines; blank lines are ignored.
+* tables ``.tsv`` / ``.txt`` (tab-separated) and ``.csv`` (comma-separated), with a header row. The sequence
+  column names the dialect: ``dna_barcode`` BIOSCAN-5M (``phylum .. species, dna_bin, split``, and ``kingdom``,
+  ``marker`` if present), ``nucleotides`` BOLD v4 (``phylum_name .. species_name``, ``bin_uri``, ``markercode``),
+  ``nuc`` BOLD v5 BCDM (``kingdom .. species``, ``bin_uri``, ``marker_code``). ``processid`` gives the record id
+  (``row<N>``, the 1-based data row, when the column is missing or the cell empty); other columns are ignored.
+  Fields may be quoted (``"``) and then hold the delimiter or newlines. Every row must have exactly as many fields
+  as the header (blank lines are ignored).
+* FASTA ``.fasta .fa .fas .fna .ffn``, each header read on its own; the header text after the id is kept as
+  ``description``; sequences may span several lines; blank lines are ignored.
+
+  - SINTAX (the header holds ``;tax=``): ``>id;tax=d:Animalia,p:Arthropoda,..,s:Aedes_vexans;``: the id is the
+    text before the first ``;``, ranks ``d k p c o f g s`` (``d``/``k`` give ``kingdom``, ``k`` wins; ``t``,
+    strain, is ignored), underscores read as spaces; other ``;key=value`` fields are ignored.
+  - BOLD (``|`` right after the first word): ``>processid|taxon|marker|accession``, fields after the taxon
+    optional. The taxon is the identification at its lowest rank: one word is a ``family`` if it ends in ``idae``,
+    a ``subfamily`` if in ``inae``, else a ``genus``; several words ("Aedes vexans", "Aedes sp. X") are the
+    ``species`` label and their first word the genus (ranked by the one-word rule). The third field is the
+    ``marker``, or the ``dna_bin`` when it is a BIN (``BOLD:...``).
+  - plain: the id is the first word, up to whitespace or ``|``.
+
+  A taxonomy file (``taxonomy=``, from :func:`barcodemae.formats.read_taxonomy`) labels FASTA records by id: a
+  record it lists takes all rank and BIN labels from it (not from its header); a record it lacks keeps its header's
+  labels and is counted (``missing_taxonomy``). Taxonomy files are tab-separated, either with a header row (an id
+  column ``id``, ``processid``, ``seqid``, ``sequence_id`` or else the first; rank and BIN columns under any table
+  dialect's names) or headerless ``id<TAB>taxonomy`` lines in SINTAX (``d:..,s:..``) or QIIME form (``k__Animalia;
+  ..; s__Aedes_vexans``; an empty ``g__`` is unknown; a lower-case one-word species, Greengenes' bare epithet, is
+  prefixed with the genus). An id listed twice is read once if its labels agree, else it is an error, as are a
+  line with the wrong number of fields and an unknown rank letter.
 
 Cleaning rules (:func:`clean_sequence`), in this order; the first that applies decides:
 
@@ -26,13 +50,16 @@ Cleaning rules (:func:`clean_sequence`), in this order; the first that applies d
 IUPAC ambiguity codes and inner ``N`` are kept (the tokenizer maps the k-mers holding them to ``[UNK]``).
 Duplicate record ids are kept and counted (``duplicate_ids``). Malformed files stop the run with a
 :class:`DataError` naming the file, line and record: FASTA sequence data before the first header, a FASTA header
-without an id, a table without a ``dna_barcode`` column, a table row with the wrong number of fields, text that
-is not UTF-8. With ``on_invalid="raise"`` a record that would be skipped raises :class:`DataError` as well.
+without an id, a SINTAX rank with an unknown letter or no name, a table without a sequence column, a table row with
+the wrong number of fields, text that is not UTF-8, a taxonomy given for a table. With ``on_invalid="raise"`` a
+record that would be skipped for its sequence raises :class:`DataError` as well.
 
 Every record read ends up either kept or in :attr:`CleaningReport.skipped` under exactly one reason, so
-``n_records == n_kept + sum(skipped.values())``. Besides the cleaning reasons above, two reasons count rows left
-out on request (not errors): ``excluded_split`` (``splits=`` given and the row's split is not among them) and
-``duplicate_sequence`` (``deduplicate=True`` and the cleaned barcode was seen in an earlier row).
+``n_records == n_kept + sum(skipped.values())``. Besides the cleaning reasons above, three reasons count rows left
+out that are not errors: ``other_marker`` (the file names a marker other than ``COI-5P``, compared
+case-insensitively; an empty marker is unknown and kept) and ``excluded_split`` (``splits=`` given and the row's
+split is not among them), both checked before cleaning, and ``duplicate_sequence`` (``deduplicate=True`` and the
+cleaned barcode was seen in an earlier row).
 
 Tables are parsed with Python's :mod:`csv` module, not pandas (``datasets.load_dataset("csv")``): pandas silently
 shifts the columns of a row with one field too many and fills missing fields with empty strings. For the same
@@ -44,20 +71,28 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import hashlib
 import json
 import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from barcodemae.formats import (
+    BARCODE_MARKER,
+    LABEL_KEYS,
+    DataError,
+    clean_label,
+    open_text,
+    parse_fasta_header,
+    table_dialect,
+)
 from tokenization_barcodemae import normalize_barcode
 
 if TYPE_CHECKING:
@@ -65,6 +100,7 @@ if TYPE_CHECKING:
 
 TAXONOMY_COLUMNS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 METADATA_COLUMNS = (*TAXONOMY_COLUMNS, "dna_bin", "split")
+OUTPUT_COLUMNS = ("kingdom", *METADATA_COLUMNS, "marker", "description")  # load_barcode_dataset's order
 ID_COLUMN = "processid"
 SEQUENCE_COLUMN = "dna_barcode"
 # BIOSCAN-5M's partitions (its metadata ``split`` column), which this package's data and simulations also use:
@@ -84,6 +120,7 @@ REASONS = {
     "no_valid_kmer": "no k-mer made only of ACGT (all [UNK])",
     "excluded_split": "split not requested (not an error)",
     "duplicate_sequence": "same cleaned barcode as an earlier row (deduplicate=True; not an error)",
+    "other_marker": f"marker other than {BARCODE_MARKER} (not an error)",
 }
 N_EXAMPLES = 3
 _BATCH_ROWS = 10_000
@@ -91,11 +128,6 @@ _BATCH_ROWS = 10_000
 _INVALID = re.compile(f"[^{IUPAC_CODES}]")
 _PLAIN = re.compile(f"[{IUPAC_CODES}]*")
 _ACGT_ONLY = re.compile("[ACGT]+")
-_FASTA_ID = re.compile(r"[\s|]")
-
-
-class DataError(ValueError):
-    """Malformed input that stops the run; the message names the file, line and record."""
 
 
 @dataclass
@@ -118,7 +150,8 @@ class CleaningReport:
         skipped: records left out, by reason.
         truncated: kept records cut to ``max_length`` bases.
         duplicate_ids: records whose id was already seen (they are kept).
-        examples: the first few ``"id (line N)"`` per reason, ``truncated`` and ``duplicate_id``
+        missing_taxonomy: FASTA records whose id the taxonomy file lacks (kept without its labels).
+        examples: the first few ``"id (line N)"`` per reason, ``truncated``, ``duplicate_id`` and ``missing_taxonomy``
             (``"id (file line N)"`` once the report covers several files).
         files: the files read.
         split_values: records read per value of the ``split`` column (files that have one).
@@ -129,6 +162,7 @@ class CleaningReport:
     skipped: Counter = field(default_factory=Counter)
     truncated: int = 0
     duplicate_ids: int = 0
+    missing_taxonomy: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     max_length: int = 660
@@ -179,6 +213,9 @@ class CleaningReport:
             lines.append(f"  truncated to {self.max_length} bases (kept): {self.truncated}{examples}")
         if self.duplicate_ids:
             lines.append(f"  duplicate ids (kept): {self.duplicate_ids}{self._examples('duplicate_id')}")
+        if self.missing_taxonomy:
+            examples = self._examples("missing_taxonomy")
+            lines.append(f"  ids not in the taxonomy (kept without its labels): {self.missing_taxonomy}{examples}")
         return "\n".join(lines)
 
     def _examples(self, key: str) -> str:
@@ -193,6 +230,7 @@ class CleaningReport:
             "skipped": dict(sorted(self.skipped.items())),
             "truncated": self.truncated,
             "duplicate_ids": self.duplicate_ids,
+            "missing_taxonomy": self.missing_taxonomy,
             "examples": {key: list(values) for key, values in sorted(self.examples.items())},
             "files": list(self.files),
             "max_length": self.max_length,
@@ -250,22 +288,24 @@ def detect_format(path: str | os.PathLike) -> tuple[str, str | None]:
     raise DataError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; expected one of {known} (optionally .gz)")
 
 
-def _open_text(path: str | os.PathLike) -> TextIO:
-    if str(path).lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+def iter_raw_records(
+    path: str | os.PathLike, taxonomy: Mapping[str, dict[str, str]] | None = None
+) -> Iterator[BarcodeRecord]:
+    """Stream the records of a table or FASTA file with their raw (uncleaned) sequences.
 
-
-def iter_raw_records(path: str | os.PathLike) -> Iterator[BarcodeRecord]:
-    """Stream the records of a table or FASTA file with their raw (uncleaned) sequences."""
+    ``taxonomy`` (:func:`barcodemae.formats.read_taxonomy`, FASTA only): a record whose id it lists takes its
+    labels from it, not from the header.
+    """
     kind, delimiter = detect_format(path)
-    with _open_text(path) as handle:
+    if taxonomy is not None and kind == "table":
+        raise DataError(f"{path}: a taxonomy file labels FASTA records; a table carries its own label columns")
+    with open_text(path) as handle:
         position = _LinePosition()
         try:
             if kind == "table":
                 yield from _iter_table(handle, path, delimiter, position)
             else:
-                yield from _iter_fasta(handle, path, position)
+                yield from _iter_fasta(handle, path, position, taxonomy)
         except UnicodeDecodeError as error:
             raise DataError(f"{path}, line {position.line + 1}: not UTF-8 text ({error.reason})") from error
         except (OSError, EOFError) as error:  # e.g. a corrupt or truncated .gz
@@ -282,7 +322,7 @@ def table_columns(path: str | os.PathLike) -> list[str]:
     kind, delimiter = detect_format(path)
     if kind != "table":
         raise DataError(f"{path}: not a table file")
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         return _read_header(csv.reader(handle, delimiter=delimiter), path)
 
 
@@ -296,11 +336,10 @@ def _read_header(reader, path) -> list[str]:
 def _iter_table(handle: TextIO, path, delimiter: str, position: _LinePosition) -> Iterator[BarcodeRecord]:
     reader = csv.reader(handle, delimiter=delimiter)
     header = _read_header(reader, path)
-    if SEQUENCE_COLUMN not in header:
-        raise DataError(f"{path}, line 1: no {SEQUENCE_COLUMN!r} column; columns found: {', '.join(header)}")
-    sequence_index = header.index(SEQUENCE_COLUMN)
-    id_index = header.index(ID_COLUMN) if ID_COLUMN in header else None
-    metadata_indices = [(name, header.index(name)) for name in METADATA_COLUMNS if name in header]
+    dialect = table_dialect(header, f"{path}, line 1")
+    sequence_index = header.index(dialect.sequence)
+    id_index = header.index(dialect.id) if dialect.id in header else None
+    fields = dialect.fields(header)
     position.line, row_number = reader.line_num, 0
     while True:
         try:
@@ -319,11 +358,11 @@ def _iter_table(handle: TextIO, path, delimiter: str, position: _LinePosition) -
             raise DataError(
                 f"{path}, line {start}, record {record_id!r}: {len(row)} fields, the header has {len(header)}"
             )
-        metadata = {name: row[index].strip() for name, index in metadata_indices}
+        metadata = {key: row[index].strip() if key == "split" else clean_label(row[index]) for key, index in fields}
         yield BarcodeRecord(record_id, row[sequence_index], start, metadata)
 
 
-def _iter_fasta(handle: TextIO, path, position: _LinePosition) -> Iterator[BarcodeRecord]:
+def _iter_fasta(handle: TextIO, path, position: _LinePosition, taxonomy) -> Iterator[BarcodeRecord]:
     record: BarcodeRecord | None = None
     pieces: list[str] = []
     for number, line in enumerate(handle, start=1):
@@ -332,12 +371,11 @@ def _iter_fasta(handle: TextIO, path, position: _LinePosition) -> Iterator[Barco
             if record is not None:
                 record.sequence = "".join(pieces)
                 yield record
-            header = line[1:].strip()
-            parts = _FASTA_ID.split(header, maxsplit=1)
-            if not parts[0]:
-                raise DataError(f"{path}, line {number}: FASTA header without an id: {line!r}")
-            description = parts[1].strip() if len(parts) > 1 else ""
-            record, pieces = BarcodeRecord(parts[0], "", number, {"description": description}), []
+            record_id, metadata = parse_fasta_header(line[1:], f"{path}, line {number}")
+            if taxonomy is not None and record_id in taxonomy:
+                metadata = {key: value for key, value in metadata.items() if key not in LABEL_KEYS}
+                metadata.update(taxonomy[record_id])
+            record, pieces = BarcodeRecord(record_id, "", number, metadata), []
         elif line.strip():
             if record is None:
                 raise DataError(f"{path}, line {number}: sequence data before the first FASTA header ('>id')")
@@ -359,12 +397,16 @@ def iter_barcodes(
     on_invalid: str = "skip",
     splits: Collection[str] | None = None,
     deduplicate: bool = False,
+    taxonomy: Mapping[str, dict[str, str]] | None = None,
 ) -> Iterator[BarcodeRecord]:
     """Stream cleaned records; skipped ones are counted into ``report`` (or raise with ``on_invalid="raise"``).
 
+    Records of a marker other than COI-5P are skipped (``other_marker``, never an error).
     ``splits``: keep only records whose ``split`` is listed (others: ``excluded_split``, never an error).
     ``deduplicate``: keep the first record of each cleaned barcode (others: ``duplicate_sequence``); the
     barcodes seen are remembered in ``report``, so de-duplication spans every file read into the same report.
+    ``taxonomy``: labels of FASTA records by id (see :func:`iter_raw_records`); ids it lacks are counted as
+    ``missing_taxonomy``.
     Memory use is constant apart from the ids (and, with ``deduplicate``, barcode digests) seen.
     """
     if on_invalid not in ("skip", "raise"):
@@ -374,9 +416,15 @@ def iter_barcodes(
     if str(path) not in report.files:
         report.files.append(str(path))
     where = f"{Path(path).name} line" if len(report.files) > 1 else "line"
-    for record in iter_raw_records(path):
+    for record in iter_raw_records(path, taxonomy):
         example = f"{record.record_id} ({where} {record.line})"
         report.count_record(record, example)
+        if taxonomy is not None and record.record_id not in taxonomy:
+            report.missing_taxonomy += 1
+            report.add_example("missing_taxonomy", example)
+        if record.metadata.get("marker", "").upper() not in ("", BARCODE_MARKER):
+            report.count_skip("other_marker", example)
+            continue
         if splits is not None and record.metadata.get("split", "") not in splits:
             report.count_skip("excluded_split", example)
             continue
@@ -397,23 +445,33 @@ def iter_barcodes(
 
 
 def read_barcodes(
-    path: str | os.PathLike, max_length: int = 660, k_mer: int = 6, on_invalid: str = "skip"
+    path: str | os.PathLike,
+    max_length: int = 660,
+    k_mer: int = 6,
+    on_invalid: str = "skip",
+    taxonomy: Mapping[str, dict[str, str]] | None = None,
 ) -> tuple[list[BarcodeRecord], CleaningReport]:
     """All cleaned records of one file, and the report."""
     report = CleaningReport(max_length=max_length)
-    records = list(iter_barcodes(path, max_length=max_length, k_mer=k_mer, report=report, on_invalid=on_invalid))
+    records = list(iter_barcodes(path, max_length, k_mer, report, on_invalid, taxonomy=taxonomy))
     return records, report
 
 
 # --------------------------------------------------------------------------- datasets.Dataset
 
 
-def _output_columns(paths: Sequence[str]) -> list[str]:
-    present = {ID_COLUMN, SEQUENCE_COLUMN}
+def _output_columns(paths: Sequence[str]) -> tuple[list[str], set[str]]:
+    """The dataset's columns, and those among them that only FASTA records may fill (dropped if none does)."""
+    in_tables, in_fasta = set(), set()
     for path in paths:
-        kind, _ = detect_format(path)
-        present.update(table_columns(path) if kind == "table" else ["description"])
-    return [name for name in (ID_COLUMN, SEQUENCE_COLUMN, *METADATA_COLUMNS, "description") if name in present]
+        if detect_format(path)[0] == "table":
+            header = table_columns(path)
+            in_tables.update(key for key, _ in table_dialect(header, f"{path}, line 1").fields(header))
+        else:
+            in_fasta.update(("description", *LABEL_KEYS, "marker"))
+    present = in_tables | in_fasta
+    columns = [ID_COLUMN, SEQUENCE_COLUMN, *(name for name in OUTPUT_COLUMNS if name in present)]
+    return columns, in_fasta - in_tables
 
 
 def _cache_file(cache_dir: str | os.PathLike | None, key: dict) -> Path:
@@ -433,11 +491,12 @@ def load_barcode_dataset(
     max_length: int = 660,
     k_mer: int = 6,
     cache_dir: str | os.PathLike | None = None,
+    taxonomy: Mapping[str, dict[str, str]] | None = None,
 ) -> tuple[datasets.Dataset, CleaningReport]:
     """Cleaned barcodes of one or more files as a memory-mapped ``datasets.Dataset``, and the report.
 
-    Columns (all strings): ``processid``, ``dna_barcode`` (cleaned), then those of ``phylum .. species, dna_bin,
-    split`` and FASTA ``description`` present in any file (``""`` where a file lacks them). Rows go through
+    Columns (all strings): ``processid``, ``dna_barcode`` (cleaned), then those of :data:`OUTPUT_COLUMNS` that a
+    table's header or some FASTA record has (``""`` where a file or record lacks them). Rows go through
     :func:`iter_barcodes` (same rules, same errors) and are streamed in batches into an Arrow file in
     ``cache_dir`` (default: the ``datasets`` cache, sub-folder ``barcodemae``), so inputs larger than memory work.
     The file is rebuilt on every call (its name depends on the inputs and options).
@@ -447,6 +506,7 @@ def load_barcode_dataset(
     file, raises :class:`DataError` (likely a typo).
     ``deduplicate``: keep the first row of each cleaned barcode, across all files; later ones are counted as
     ``duplicate_sequence``.
+    ``taxonomy``: labels of FASTA records by id, as in :func:`iter_barcodes`.
     """
     import pyarrow as pa
     from datasets import Dataset
@@ -454,12 +514,13 @@ def load_barcode_dataset(
     paths = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(path) for path in paths]
     if not paths:
         raise ValueError("load_barcode_dataset needs at least one file")
-    columns = _output_columns(paths)
+    columns, optional = _output_columns(paths)
     if splits is not None and "split" not in columns:
         raise DataError(f"splits {sorted(splits)} requested but no file has a 'split' column: {', '.join(paths)}")
     key = {
         "files": [(str(Path(path).resolve()), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths],
         "options": [None if splits is None else sorted(splits), deduplicate, max_length, k_mer],
+        "taxonomy": taxonomy,
     }
     target = _cache_file(cache_dir, key)
     report = CleaningReport(max_length=max_length, files=list(paths))
@@ -468,9 +529,11 @@ def load_barcode_dataset(
     try:
         with os.fdopen(descriptor, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             batch: dict[str, list[str]] = {name: [] for name in columns}
+            filled: set[str] = set()
             for path in paths:
-                for record in iter_barcodes(path, max_length, k_mer, report, "skip", splits, deduplicate):
+                for record in iter_barcodes(path, max_length, k_mer, report, "skip", splits, deduplicate, taxonomy):
                     _append_row(batch, record)
+                    filled.update(record.metadata)
                     if len(batch[ID_COLUMN]) >= _BATCH_ROWS:
                         writer.write_batch(pa.record_batch(batch, schema=schema))
                         batch = {name: [] for name in columns}
@@ -482,7 +545,9 @@ def load_barcode_dataset(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    return Dataset.from_file(str(target)), report
+    unfilled = sorted(optional - filled)
+    dataset = Dataset.from_file(str(target))
+    return (dataset.remove_columns(unfilled) if unfilled else dataset), report
 
 
 def _append_row(batch: dict[str, list[str]], record: BarcodeRecord) -> None:
@@ -597,6 +662,7 @@ __all__ = [
     "DataError",
     "IUPAC_CODES",
     "METADATA_COLUMNS",
+    "OUTPUT_COLUMNS",
     "REASONS",
     "SPLIT_NAMES",
     "TAXONOMY_COLUMNS",

@@ -4,7 +4,7 @@ The embedding is a BarcodeMAE encoder's ``pooler_output`` (the mean of its last 
 averaged over reading frames when ``config.embedding_frames > 1``); for any other encoder, the mean of its last
 hidden states over real (non-padding) tokens. Batches are formed from length-sorted sequences (sort, embed,
 restore the input order) so that little compute is spent on padding; long inputs are processed in chunks so
-memory stays bounded. Files (FASTA or BIOSCAN-style tables) are read with `barcodemae.data.iter_barcodes`, cleaned
+memory stays bounded. Files (FASTA or BIOSCAN / BOLD tables) are read with `barcodemae.data.iter_barcodes`, cleaned
 to the model's own limits, and embedded in chunks (:func:`embed_chunks`, :func:`embed_file`); :func:`cached_embeddings`
 keeps embeddings of fixed sets (evaluation protocols) on disk, keyed by the model's weights and the sequences.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -248,11 +248,17 @@ def check_input(path: str | os.PathLike) -> Path:
 
 
 def iter_records(
-    path: str | os.PathLike, embedder: Embedder, report: CleaningReport, strict: bool = False
+    path: str | os.PathLike,
+    embedder: Embedder,
+    report: CleaningReport,
+    strict: bool = False,
+    *,
+    taxonomy: Mapping[str, dict[str, str]] | None = None,
 ) -> Iterator[BarcodeRecord]:
-    """Cleaned records of ``path`` for ``embedder``'s model; with ``strict`` any skip raises ``DataError``."""
+    """Cleaned records of ``path`` for ``embedder``'s model; with ``strict`` any skip for its sequence raises
+    ``DataError``. ``taxonomy`` labels FASTA records by id (:func:`barcodemae.data.iter_barcodes`)."""
     max_length, k_mer = model_limits(embedder)
-    return iter_barcodes(path, max_length, k_mer, report, on_invalid="raise" if strict else "skip")
+    return iter_barcodes(path, max_length, k_mer, report, "raise" if strict else "skip", taxonomy=taxonomy)
 
 
 def embed_chunks(

@@ -110,7 +110,12 @@ def test_fasta_round_trip_multiline(fasta_file, simulated_records):
     assert report.n_kept == len(simulated_records) and not report.skipped
     assert [r.record_id for r in records] == [r["processid"] for r in simulated_records]
     assert [r.sequence for r in records] == [r["dna_barcode"] for r in simulated_records]
-    assert records[0].metadata == {"description": simulated_records[0]["species"]}
+    first = simulated_records[0]  # ">processid|species" is a BOLD header: the species label and its genus
+    assert records[0].metadata == {
+        "description": first["species"],
+        "genus": first["genus"],
+        "species": first["species"],
+    }
     assert records[1].line == 1 + 12  # header + 11 lines of 60 bases for 658 bases
 
 
