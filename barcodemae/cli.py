@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from barcodemae import __version__
+from barcodemae.assign import DEFAULT_MIN_CONFIDENCE
 
 EPILOG = "Inputs: FASTA (.fasta .fa .fas .fna .ffn) or BIOSCAN-style tables (.tsv .txt .csv), optionally .gz."
 
@@ -43,19 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(embed)
     embed.set_defaults(handler=_embed)
 
-    identify = commands.add_parser("identify", help="nearest reference barcodes, species, novelty", epilog=EPILOG)
+    identify = commands.add_parser(
+        "identify", help="an answer at every rank with its confidence, against a reference", epilog=EPILOG
+    )
     identify.add_argument("query", nargs="?", help="barcodes to identify (omit to only build --save-index)")
     source = identify.add_mutually_exclusive_group(required=True)
-    source.add_argument("--reference", help="labelled table (genus, species, dna_barcode) or FASTA")
+    source.add_argument(
+        "--reference",
+        help="labelled reference: BIOSCAN-5M, BOLD v4 or BOLD v5 TSV/CSV, FASTA with SINTAX or BOLD headers, or "
+        "FASTA with --taxonomy",
+    )
     source.add_argument("--index", help="reference index folder written by --save-index")
-    identify.add_argument("-o", "--output", help="predictions .tsv")
+    identify.add_argument("-o", "--output", help="predictions .tsv (or SINTAX tabbed output with --format sintax)")
+    identify.add_argument(
+        "--taxonomy", help="TSV of labels by id (a header row with rank columns, or id + SINTAX/QIIME string)"
+    )
+    identify.add_argument(
+        "--min-confidence",
+        type=float,
+        help="commit to the deepest rank whose confidence reaches this, for every rank (default, per rank, chosen on "
+        f"the val open-set benchmark: {', '.join(f'{k} {v}' for k, v in DEFAULT_MIN_CONFIDENCE.items())})",
+    )
+    identify.add_argument(
+        "--format", choices=("tsv", "sintax"), default="tsv", help="tsv (default) or vsearch's SINTAX tabbed output"
+    )
     identify.add_argument("--save-index", help="write the reference index folder (embeddings, ids, taxonomy)")
     identify.add_argument("--top-k", type=int, default=5, help="neighbours listed per query (default: 5)")
     identify.add_argument(
         "--novel-threshold",
         type=float,
-        help="cosine similarity below which a query is a novel species, for every genus (default: calibrated on the "
-        "reference, per genus)",
+        help="cosine similarity below which the species confidence drops, for every genus (default: calibrated on "
+        "the reference, per genus)",
     )
     identify.add_argument(
         "--search",
@@ -187,8 +206,10 @@ def _identify(args: argparse.Namespace) -> None:
 
 def _run_identify(args: argparse.Namespace) -> None:
     from barcodemae.embedding import check_input, default_model_path
-    from barcodemae.identify import ReferenceIndex, check_model, identify_file, print_report
+    from barcodemae.formats import read_taxonomy
+    from barcodemae.identify import check_model, identify_file, print_report
     from barcodemae.io import check_output_path
+    from barcodemae.reference import ReferenceIndex
 
     if args.query is None and not args.save_index:
         raise ValueError("give a QUERY file (with -o OUT.tsv), or --save-index to only build the index")
@@ -196,7 +217,9 @@ def _run_identify(args: argparse.Namespace) -> None:
         if not args.output:
             raise ValueError("-o/--output OUT.tsv is required with a QUERY file")
         check_input(args.query)
-        check_output_path(args.output, (".tsv", ".txt"))
+        check_output_path(args.output, (".tsv", ".txt", ".sintax"))
+    if args.index and args.taxonomy:
+        raise ValueError("--taxonomy labels a --reference; an --index holds its labels already")
     if args.index and args.save_index:
         raise ValueError("--save-index needs --reference (an --index is already saved)")
     index = ReferenceIndex.load(args.index, with_sequences=args.rerank == "align") if args.index else None
@@ -207,21 +230,23 @@ def _run_identify(args: argparse.Namespace) -> None:
         check_input(args.reference)
     if args.save_index:
         ReferenceIndex.check_target(args.save_index)
+    taxonomy = read_taxonomy(args.taxonomy) if args.taxonomy else None
     embedder = _embedder(args, model_path)
     if index is None:
-        index = _build_reference(args, embedder, model_path)
+        index = _build_reference(args, embedder, model_path, taxonomy)
     else:
         check_model(index, embedder)
         if args.search:
             index.use_search(args.search)
         if args.novel_threshold is not None:
             index.set_threshold(args.novel_threshold)
-    how = index.calibration.get("rule", "given")
-    print(f"novel-species threshold: {index.threshold:.6f} ({how}); search: {index.search}", file=sys.stderr)
     if "warning" in index.calibration:
         print(f"barcodemae: warning: {index.calibration['warning']}", file=sys.stderr)
+    if not args.quiet:
+        how = index.calibration.get("rule", "given")
+        print(f"search: {index.search}; novel-species threshold {index.threshold:.4f} ({how})", file=sys.stderr)
     if args.query is not None:
-        report = identify_file(
+        report, summary = identify_file(
             args.query,
             args.output,
             index,
@@ -229,16 +254,20 @@ def _run_identify(args: argparse.Namespace) -> None:
             top_k=args.top_k,
             rerank=args.rerank,
             candidates=args.candidates,
+            min_confidence=args.min_confidence,
+            output_format=args.format,
             strict=args.strict,
             chunk_size=args.chunk_size,
             progress=not args.quiet,
         )
-        print_report(f"query {args.query}", report, sys.stderr)
-        print(f"wrote {report.n_kept} predictions to {args.output}", file=sys.stderr)
+        if not args.quiet:
+            print_report(f"query {args.query}", report, sys.stderr)
+            print(f"wrote {report.n_kept} answers to {args.output}\n{summary.format()}", file=sys.stderr)
 
 
-def _build_reference(args: argparse.Namespace, embedder, model_path: str):
-    from barcodemae.identify import build_index, print_report
+def _build_reference(args: argparse.Namespace, embedder, model_path: str, taxonomy):
+    from barcodemae.identify import print_report
+    from barcodemae.reference import build_index
 
     index, report = build_index(
         args.reference,
@@ -249,11 +278,14 @@ def _build_reference(args: argparse.Namespace, embedder, model_path: str):
         strict=args.strict,
         chunk_size=args.chunk_size,
         progress=not args.quiet,
+        taxonomy=taxonomy,
     )
-    print_report(f"reference {args.reference}", report, sys.stderr)
+    if not args.quiet:
+        print_report(f"reference {args.reference}", report, sys.stderr)
     if args.save_index:
         index.save(args.save_index)
-        print(f"wrote the reference index ({len(index.ids)} barcodes) to {args.save_index}", file=sys.stderr)
+        if not args.quiet:
+            print(f"wrote the reference index ({len(index.ids)} barcodes) to {args.save_index}", file=sys.stderr)
     return index
 
 

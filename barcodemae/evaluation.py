@@ -976,10 +976,10 @@ KMER_SIZES = (4, 5, 6)
 
 def load_records(data: str | Path) -> tuple[list[dict], dict[str, Any]]:
     """Cleaned records (``barcodemae.data`` rules: 660 nt, trailing N stripped...) and the cleaning summary."""
-    from barcodemae.data import read_barcodes
+    from barcodemae.data import TAXONOMY_COLUMNS, read_barcodes
 
     raw, report = read_barcodes(data)
-    columns = ("genus", "species", "dna_bin", "split")
+    columns = (*TAXONOMY_COLUMNS, "dna_bin", "split")
     records = [
         {"processid": r.record_id, "dna_barcode": r.sequence, **{c: r.metadata.get(c) for c in columns}} for r in raw
     ]

@@ -83,7 +83,8 @@ import torch
 from barcodemae.baselines import vsearch_genus_1nn
 from barcodemae.embedding import DEFAULT_MODEL, Embedder, load_encoder
 from barcodemae.evaluation import Partition, identification_score, load_records, paired_difference, prepare_protocol
-from barcodemae.identify import INDEX_FILE, ReferenceIndex, build_index, identify_file, read_predictions
+from barcodemae.identify import identify_file, read_predictions
+from barcodemae.reference import INDEX_FILE, ReferenceIndex, build_index
 from barcodemae.search import AnnIndex, CosineIndex, ann_available
 from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
 from benchmarks.common import (

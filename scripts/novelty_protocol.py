@@ -29,8 +29,8 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from barcodemae.embedding import Embedder, cached_embeddings, default_model_path
 from barcodemae.evaluation import load_records, prepare_protocol
-from barcodemae.identify import ReferenceIndex, _best_split, _same_and_other_species, calibrate_threshold
 from barcodemae.io import atomic_text
+from barcodemae.reference import ReferenceIndex, _best_split, _same_and_other_species, calibrate_threshold
 from barcodemae.search import candidate_identities, nearest_neighbors
 
 CANDIDATES = 20
@@ -167,7 +167,9 @@ def main() -> None:
     )
     species, genus = [s or "" for s in train.species], [g or "" for g in train.genus]
     threshold, calibration = calibrate_threshold(refs, species, genus)
-    index = ReferenceIndex(refs, [], genus, species, args.model, threshold, calibration)
+    index = ReferenceIndex(
+        refs, [""] * len(refs), {"genus": genus, "species": species}, args.model, threshold, calibration
+    )
     (known_idx, known_sim), (novel_idx, novel_sim) = (
         nearest_neighbors(q, refs, k=CANDIDATES) for q in (known_emb, novel_emb)
     )

@@ -1,4 +1,4 @@
-"""`barcodemae identify`: nearest references, species prediction, novel-species flag, saved index."""
+"""`barcodemae identify`: per-rank answers and the committed rank, neighbours, thresholds, saved index."""
 
 from __future__ import annotations
 
@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from cli_helpers import export_tiny_encoder, files_in, run
 
-from barcodemae.identify import (
-    INDEX_ANN,
-    INDEX_SEQUENCES,
-    ReferenceIndex,
-    calibrate_threshold,
-    map_embeddings,
-    read_predictions,
-)
+from barcodemae.identify import read_predictions
+from barcodemae.reference import INDEX_ANN, INDEX_SEQUENCES, ReferenceIndex, calibrate_threshold, map_embeddings
 from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
 
 
@@ -41,53 +35,53 @@ def test_identify_ranks_own_species_and_flags_novel(tmp_path, capsys, tiny_encod
     reference = write_tsv(split_records["reference"], tmp_path / "reference.tsv")
     queries = write_fasta(split_records["queries"], tmp_path / "queries.fasta")
     out, index_dir = tmp_path / "predictions.tsv", tmp_path / "index"
-    args = ["identify", queries, "--reference", reference, "-o", out, "--model", tiny_encoder, "--quiet"]
+    args = ["identify", queries, "--reference", reference, "-o", out, "--model", tiny_encoder]
     code, _, err = run(capsys, *args, "--save-index", index_dir, "--top-k", 3)
     assert code == 0, err
-    assert "novel-species threshold" in err and "leave-one-out" in err
+    assert "novel-species threshold" in err and "leave-one-out" in err and "known_species" in err  # the summary
     rows = read_predictions(out)
-    assert list(rows[0])[:6] == [
-        "query_id",
-        "predicted_genus",
+    assert list(rows[0])[:5] == ["query_id", "assigned_rank", "outcome", "predicted_order", "order_confidence"]
+    assert list(rows[0])[9:15] == [
         "predicted_species",
+        "species_confidence",
+        "predicted_bin",  # the reference has BINs
+        "bin_confidence",
         "cosine_similarity",
         "novel_species",
-        "novel_threshold",
     ]
-    assert list(rows[0])[-4:] == [f"neighbor_3_{c}" for c in ("id", "species", "genus", "cosine_similarity")]
+    names = ("id", "order", "family", "genus", "species", "bin", "cosine_similarity")
+    assert list(rows[0])[-7:] == [f"neighbor_3_{c}" for c in names]
     by_id = {row["query_id"]: row for row in rows}
     assert [row["query_id"] for row in rows] == [r["processid"] for r in split_records["queries"]]
 
     copy = by_id["COPY"]  # an exact copy of a reference barcode: that reference first, similarity 1
     assert copy["neighbor_1_id"] == split_records["reference"][3]["processid"]
     assert float(copy["cosine_similarity"]) > 0.9999 and copy["novel_species"] == "false"
-    for record in split_records["known"]:  # a new specimen of a reference species
+    for record in split_records["known"]:  # a new specimen of a reference species: its species, committed
         row = by_id[record["processid"]]
         assert (row["predicted_species"], row["predicted_genus"]) == (record["species"], record["genus"])
-        assert row["neighbor_1_species"] == record["species"] and row["novel_species"] == "false"
-    for record in split_records["novel"]:  # a species absent from the reference
+        assert (row["assigned_rank"], row["outcome"], row["novel_species"]) == ("species", "known_species", "false")
+    for record in split_records["novel"]:  # a species absent from the reference: no species committed
         row = by_id[record["processid"]]
-        assert row["predicted_species"] != record["species"] and row["novel_species"] == "true"
+        assert row["assigned_rank"] != "species" and row["novel_species"] == "true"
+    for row in rows:  # confidences in [0, 1], never growing with depth
+        values = [float(row[f"{rank}_confidence"]) for rank in ("order", "family", "genus", "species")]
+        assert all(0 <= b <= a <= 1 for a, b in zip(values, values[1:]))
 
     index = ReferenceIndex.load(index_dir)
-    for row in rows:  # the flag is the best similarity below the threshold of its genus, both written
-        threshold = float(row["novel_threshold"])
-        assert threshold == pytest.approx(index.threshold_for(row["neighbor_1_genus"]), abs=1e-6)
-        assert (row["novel_species"] == "true") == (float(row["cosine_similarity"]) < threshold)
     assert index.ids == [r["processid"] for r in split_records["reference"]]
     assert index.species == [r["species"] for r in split_records["reference"]]
+    assert index.labels["family"] == [r["family"] for r in split_records["reference"]]
     assert index.embeddings.shape == (len(index.ids), 32) and index.calibration["balanced_accuracy"] == 1.0
+    assert set(index.confidence.weights) >= {"order", "family", "genus", "species"}
 
-    reused = tmp_path / "again.tsv"  # the saved index gives the same predictions; a given threshold overrides
+    reused = tmp_path / "again.tsv"  # the saved index gives the same predictions; a cut-off of 0 commits to species
     code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", reused, "--quiet", "--top-k", 3)
     assert code == 0, err
     assert read_predictions(reused) == rows
-    code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", reused, "--novel-threshold", -1)
+    code, _, err = run(capsys, "identify", queries, "--index", index_dir, "-o", reused, "--min-confidence", 0)
     assert code == 0, err
-    given = read_predictions(reused)
-    assert {row["novel_species"] for row in given} == {"false"} and {row["novel_threshold"] for row in given} == {
-        "-1.000000"
-    }
+    assert {row["assigned_rank"] for row in read_predictions(reused)} == {"species"}
 
 
 def test_index_embeddings_are_memory_mapped_read_only_and_checked(tmp_path):
@@ -159,7 +153,7 @@ def test_index_is_refused_when_its_model_folder_now_holds_other_weights(tmp_path
 def test_approximate_search_is_saved_and_agrees_with_exact(tmp_path, capsys, tiny_encoder, split_records):
     reference = write_tsv(split_records["reference"], tmp_path / "reference.tsv")
     queries = write_fasta(split_records["queries"], tmp_path / "queries.fasta")
-    common = ["--model", tiny_encoder, "--quiet", "--top-k", 2]
+    common = ["--model", tiny_encoder, "--top-k", 2]
     code, _, err = run(capsys, "identify", queries, "--reference", reference, "-o", tmp_path / "exact.tsv", *common)
     assert code == 0 and "search: exact" in err  # auto: a small reference is searched exactly
     args = ["identify", queries, "--reference", reference, "-o", tmp_path / "ann.tsv", "--search", "ann"]
@@ -170,7 +164,7 @@ def test_approximate_search_is_saved_and_agrees_with_exact(tmp_path, capsys, tin
     assert [r["query_id"] for r in ann] == [r["query_id"] for r in exact]
     for a, e in zip(ann, exact):  # the same best neighbour, or one exactly as similar
         assert float(a["cosine_similarity"]) == pytest.approx(float(e["cosine_similarity"]), abs=1e-5)
-    loaded = ["identify", queries, "--index", tmp_path / "index", "--quiet", "--top-k", 2]
+    loaded = ["identify", queries, "--index", tmp_path / "index", "--top-k", 2]
     code, _, err = run(capsys, *loaded, "-o", tmp_path / "again.tsv")
     assert code == 0 and "search: ann" in err  # a loaded index searches as it was saved, unless --search says
     assert read_predictions(tmp_path / "again.tsv") == ann
@@ -187,10 +181,9 @@ def test_rerank_align_adds_identity_columns(tmp_path, capsys, tiny_encoder, spli
     code, _, err = run(capsys, *args, "--candidates", 6)
     assert code == 0, err
     rows = read_predictions(out)
-    assert list(rows[0])[3:7] == ["cosine_similarity", "alignment_identity", "novel_species", "novel_threshold"]
-    assert list(rows[0])[-5:] == [
-        f"neighbor_2_{c}" for c in ("id", "species", "genus", "cosine_similarity", "alignment_identity")
-    ]
+    assert list(rows[0])[13:16] == ["cosine_similarity", "alignment_identity", "novel_species"]
+    names = ("id", "order", "family", "genus", "species", "bin", "cosine_similarity", "alignment_identity")
+    assert list(rows[0])[-8:] == [f"neighbor_2_{c}" for c in names]
     by_id = {row["query_id"]: row for row in rows}
     assert float(by_id["COPY"]["alignment_identity"]) == 1.0
     for record in split_records["known"]:  # the own species still comes first, now by alignment
@@ -213,7 +206,7 @@ def test_genus_thresholds_and_small_reference_warning():
     assert set(details["genus_thresholds"]) == {"A", "B"}
     assert details["genus_thresholds"]["B"] < details["genus_thresholds"]["A"]
     assert "6 species" in details["warning"] and "--novel-threshold" in details["warning"]
-    index = ReferenceIndex(embeddings, [], genus, species, "m", threshold, details)
+    index = ReferenceIndex(embeddings, [""] * 72, {"genus": genus, "species": species}, "m", threshold, details)
     assert index.threshold_for("B") == details["genus_thresholds"]["B"] and index.threshold_for("C") == threshold
     index.set_threshold(0.5)
     assert index.threshold_for("B") == 0.5
@@ -233,5 +226,5 @@ def test_quick_start_flags_exactly_the_species_absent_from_the_reference(tmp_pat
         for line in (examples / "queries.fasta").read_text().splitlines()
         if line.startswith(">") and "|" in line
     }
-    flagged = {row["query_id"]: row["novel_species"] == "true" for row in read_predictions(out)}
+    flagged = {row["query_id"]: row["assigned_rank"] != "species" for row in read_predictions(out)}
     assert flagged == truth and sum(truth.values()) == 2

@@ -1,0 +1,157 @@
+"""Identification outputs: the TSV (every rank with its confidence, the committed rank, the neighbours as evidence),
+vsearch's SINTAX tabbed format, and the one-screen summary of outcomes per order.
+
+**TSV** (:func:`tsv_columns`): ``query_id``, ``assigned_rank`` (the deepest rank the answer commits to: species,
+genus, family, order or empty), ``outcome`` (:data:`barcodemae.assign.OUTCOMES`), then ``predicted_<rank>`` and
+``<rank>_confidence`` for order, family, genus, species (and ``bin`` where the reference has BINs), the best
+neighbour's ``cosine_similarity`` (and ``alignment_identity`` with ``--rerank align``), ``novel_species`` (true when
+the answer stops above species), then for each of the ``top_k`` neighbours its id, labels and similarities.
+
+**SINTAX** (``--format sintax``), as ``vsearch --sintax --tabbedout`` writes it: the query id; the answer at every
+rank the reference has, as ``k:…(0.98),p:…,c:…,o:…,f:…,g:…,s:…`` with each confidence in parentheses (two decimals,
+underscores for spaces); the strand (``+``: embeddings do not depend on it); the same answer cut at the confidence
+cut-off, without confidences.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+
+from barcodemae.assign import OUTCOMES, cutoffs
+
+OUTPUT_FORMATS = ("tsv", "sintax")
+ANSWER_RANKS = ("order", "family", "genus", "species", "dna_bin")  # the TSV's predicted_* columns
+SINTAX_LETTERS = {
+    "kingdom": "k",
+    "phylum": "p",
+    "class": "c",
+    "order": "o",
+    "family": "f",
+    "genus": "g",
+    "species": "s",
+}
+NEIGHBOR_RANKS = ("order", "family", "genus", "species", "dna_bin")
+
+
+def column_name(rank: str) -> str:
+    return "bin" if rank == "dna_bin" else rank
+
+
+@dataclass
+class Answers:
+    """One chunk's answers: per rank the labels and confidences, the committed rank, the neighbours and their
+    similarity columns (``scores``: name -> ``(n, top_k)``)."""
+
+    ids: list[str]
+    labels: dict[str, list[str]]
+    confidences: dict[str, np.ndarray]
+    assigned: list[str]
+    neighbors: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+@dataclass
+class Layout:
+    """Which ranks the reference has (so which columns are written) and how many neighbours."""
+
+    ranks: tuple[str, ...]
+    top_k: int
+    score_names: tuple[str, ...]
+
+    def tsv_columns(self) -> list[str]:
+        columns = ["query_id", "assigned_rank", "outcome"]
+        for rank in self.answer_ranks:
+            columns += [f"predicted_{column_name(rank)}", f"{column_name(rank)}_confidence"]
+        columns += [*self.score_names, "novel_species"]
+        for position in range(1, self.top_k + 1):
+            names = ["id", *(column_name(rank) for rank in NEIGHBOR_RANKS if rank in self.ranks), *self.score_names]
+            columns += [f"neighbor_{position}_{name}" for name in names]
+        return columns
+
+    @property
+    def answer_ranks(self) -> list[str]:
+        return [rank for rank in ANSWER_RANKS if rank in self.ranks or rank != "dna_bin"]
+
+
+class TsvWriter:
+    def __init__(self, handle: TextIO, layout: Layout, reference_ids: list[str], reference_labels: dict) -> None:
+        self.layout, self.reference_ids, self.reference_labels = layout, reference_ids, reference_labels
+        self.writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        self.writer.writerow(layout.tsv_columns())
+
+    def write(self, answers: Answers) -> None:
+        neighbor_ranks = [rank for rank in NEIGHBOR_RANKS if rank in self.layout.ranks]
+        for row, query_id in enumerate(answers.ids):
+            assigned = answers.assigned[row]
+            line = [query_id, assigned, OUTCOMES[assigned]]
+            for rank in self.layout.answer_ranks:
+                line += [answers.labels[rank][row], f"{answers.confidences[rank][row]:.4f}"]
+            line += [f"{answers.scores[name][row, 0]:.6f}" for name in self.layout.score_names]
+            line.append("false" if assigned == "species" else "true")
+            for position, neighbor in enumerate(answers.neighbors[row]):
+                neighbor = int(neighbor)
+                line.append(self.reference_ids[neighbor])
+                line += [self.reference_labels.get(rank, ())[neighbor] for rank in neighbor_ranks]
+                line += [f"{answers.scores[name][row, position]:.6f}" for name in self.layout.score_names]
+            self.writer.writerow(line)
+
+
+class SintaxWriter:
+    def __init__(self, handle: TextIO, layout: Layout, min_confidence: float | dict[str, float] | None) -> None:
+        self.handle, self.cut = handle, cutoffs(min_confidence)
+        self.ranks = [rank for rank in SINTAX_LETTERS if rank in layout.ranks]
+
+    def write(self, answers: Answers) -> None:
+        for row, query_id in enumerate(answers.ids):
+            full, kept = [], []
+            for rank in self.ranks:
+                name = answers.labels[rank][row]
+                if not name:
+                    break
+                taxon = f"{SINTAX_LETTERS[rank]}:{name.replace(' ', '_')}"
+                confidence = answers.confidences[rank][row]
+                full.append(f"{taxon}({confidence:.2f})")
+                if confidence >= self.cut.get(rank, self.cut["order"]):
+                    kept.append(taxon)
+            self.handle.write(f"{query_id}\t{','.join(full)}\t+\t{','.join(kept)}\n")
+
+
+@dataclass
+class OutcomeSummary:
+    """Queries per outcome, overall and per predicted order, for the one-screen summary."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, answers: Answers) -> None:
+        orders = answers.labels.get("order", [""] * len(answers.ids))
+        for order, assigned in zip(orders, answers.assigned):
+            self.counts[(order if assigned else "", OUTCOMES[assigned])] += 1
+
+    def format(self, max_orders: int = 12) -> str:
+        """A table: one row per predicted order (the largest first, the rest pooled), one column per outcome."""
+        outcomes = list(OUTCOMES.values())
+        per_order: dict[str, Counter] = {}
+        for (order, outcome), count in self.counts.items():
+            per_order.setdefault(order or "(none)", Counter())[outcome] += count
+        ordered = sorted(per_order.items(), key=lambda item: -sum(item[1].values()))
+        if len(ordered) > max_orders:
+            rest = Counter()
+            for _, counter in ordered[max_orders - 1 :]:
+                rest.update(counter)
+            ordered = [*ordered[: max_orders - 1], (f"({len(ordered) - max_orders + 1} other orders)", rest)]
+        total = Counter()
+        for _, counter in ordered:
+            total.update(counter)
+        width = max(len("all queries"), *(len(order) for order, _ in ordered))
+        lines = [f"{'order':<{width}}  " + "  ".join(f"{name:>13}" for name in outcomes)]
+        for order, counter in [*ordered, ("all queries", total)]:
+            lines.append(f"{order:<{width}}  " + "  ".join(f"{counter[name]:>13}" for name in outcomes))
+        return "\n".join(lines)
+
+
+__all__ = ["Answers", "Layout", "OUTPUT_FORMATS", "OutcomeSummary", "SintaxWriter", "TsvWriter"]
