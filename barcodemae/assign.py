@@ -56,7 +56,8 @@ FEATURES = ("best_similarity", "vote_share", "margin")
 
 @dataclass
 class Votes:
-    """Per-rank answers of a batch: label codes ``(n,)`` (-1: no answer) and features ``(n, len(FEATURES))``."""
+    """Per-rank answers of a batch: label codes ``(n,)`` (-1: no answer) and features ``(n, len(FEATURES))``, for
+    the ranks the reference has."""
 
     codes: dict[str, np.ndarray]
     features: dict[str, np.ndarray]
@@ -70,9 +71,9 @@ class Taxonomy:
         self.codes: dict[str, np.ndarray] = {}
         for level in LEVELS:
             values = np.asarray(list(labels.get(level, [""] * size)), dtype=object)
-            names, codes = np.unique(np.where(values == "", "\0", values).astype(str), return_inverse=True)
+            names, codes = np.unique(values.astype(str), return_inverse=True)
             codes = codes.astype(np.int64)
-            if len(names) and names[0] == "\0":  # the empty label sorts first
+            if len(names) and names[0] == "":  # the empty label sorts first
                 names, codes = names[1:], codes - 1
             self.names[level], self.codes[level] = names, codes
 
@@ -87,6 +88,8 @@ def vote(neighbors: np.ndarray, similarities: np.ndarray, taxonomy: Taxonomy, le
     codes_out: dict[str, np.ndarray] = {}
     features: dict[str, np.ndarray] = {}
     for level in levels:
+        if not len(taxonomy.names[level]):  # a rank the reference does not have
+            continue
         labels = taxonomy.codes[level][neighbors]
         voting = agrees & (labels >= 0)
         same = (labels[:, :, None] == labels[:, None, :]) & voting[:, None, :]
@@ -121,7 +124,7 @@ class ConfidenceModel:
         calibration had no labels for takes the confidence of the rank above."""
         out: dict[str, np.ndarray] = {}
         above = np.ones(len(species_margin))
-        for level in LEVELS:
+        for level in (level for level in LEVELS if level in votes.codes):
             p = above
             if level in self.weights:
                 w = np.asarray(self.weights[level])
@@ -235,7 +238,7 @@ def fit_confidence(
         neighbors, sims = leave_out_neighbors(embeddings, taxonomy, kept, leave_out, k)
         votes = vote(neighbors, sims, taxonomy)
         margin = sims[:, 0] - species_threshold(taxonomy.codes["genus"][neighbors[:, 0]])
-        for level in LEVELS:
+        for level in votes.codes:
             if not _calibrates(leave_out, level):
                 continue
             truth = taxonomy.codes[level][kept]
@@ -258,12 +261,14 @@ def _scenario_rows(taxonomy: Taxonomy, rows: np.ndarray, leave_out: str | None) 
     if leave_out is None:
         counts = np.bincount(taxonomy.codes["species"], minlength=len(taxonomy.names["species"]))
         return counts[taxonomy.codes["species"][rows]] >= 2
-    child = taxonomy.codes[leave_out]
-    parent = taxonomy.codes[LEVELS[LEVELS.index(leave_out) - 1]]
+    parent_level = LEVELS[LEVELS.index(leave_out) - 1]
+    child, parent = taxonomy.codes[leave_out], taxonomy.codes[parent_level]
     labelled = (child >= 0) & (parent >= 0)
+    if not labelled.any():
+        return np.zeros(len(rows), dtype=bool)
     pairs = np.unique(np.stack([parent[labelled], child[labelled]]), axis=1)
-    siblings = np.bincount(pairs[0], minlength=len(taxonomy.names[LEVELS[LEVELS.index(leave_out) - 1]]))
-    return (child[rows] >= 0) & (parent[rows] >= 0) & (siblings[np.maximum(parent[rows], 0)] >= 2)
+    siblings = np.bincount(pairs[0], minlength=len(taxonomy.names[parent_level]))
+    return labelled[rows] & (siblings[np.maximum(parent[rows], 0)] >= 2)
 
 
 def _calibrates(leave_out: str | None, level: str) -> bool:

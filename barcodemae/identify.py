@@ -18,7 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
-from barcodemae.assign import VOTE_NEIGHBORS, assigned_ranks, cutoffs, vote
+from barcodemae.assign import LEVELS, VOTE_NEIGHBORS, assigned_ranks, cutoffs, vote
 from barcodemae.data import BarcodeRecord, CleaningReport
 from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records, model_fingerprint
 from barcodemae.io import atomic_text
@@ -126,8 +126,9 @@ def answer(
         sequences = [record.sequence for record in chunk]
         neighbors, cosine, identity = rerank_by_alignment(sequences, index.sequences, neighbors, cosine)
         scores = {"cosine_similarity": cosine, "alignment_identity": identity}
-    taxonomy = index.taxonomy
-    labels = {rank: [taxonomy.name(rank, code) for code in votes.codes[rank]] for rank in votes.codes}
+    taxonomy, empty = index.taxonomy, np.full(len(chunk), -1)
+    labels = {rank: [taxonomy.name(rank, code) for code in votes.codes.get(rank, empty)] for rank in LEVELS}
+    confidences = {rank: confidences.get(rank, np.zeros(len(chunk))) for rank in LEVELS}
     return Answers(
         ids=[record.record_id for record in chunk],
         labels=labels,

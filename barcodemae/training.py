@@ -1,14 +1,27 @@
 """Taxonomy-aware training of a pretrained encoder with the Hugging Face Trainer (`barcodemae finetune`).
 
-The encoder gets a classification head over genera (or species) of the *seen* partitions only, trained on
-class-balanced batches (``classes_per_batch`` labels x ``samples_per_class`` barcodes, as in BarcodeMAE+), each
-barcode read from a random start offset (and optionally a random crop) so that one reading frame suffices at
-inference. Objectives: ``genus`` / ``species`` (cross-entropy, by default through a cosine classifier that trains
-the embedding for cosine search), ``supcon`` (supervised contrastive over the batch, genus positives) and
-``genus+supcon``. Every evaluation scores genus 1-NN of all unique unseen-species queries (``val_unseen``) against a
-fixed set of unique ``train`` references, per species and micro. ``OUTPUT_DIR`` ends with the classifier
-(`AutoModelForSequenceClassification`, labels in ``id2label``) and ``OUTPUT_DIR/encoder/``, the encoder-only Hub
-folder with a model card naming the labels that trained it.
+The encoder gets a classification head per taxonomic rank over the labels of the *seen* partitions only, trained on
+class-balanced batches of the deepest rank (``classes_per_batch`` labels x ``samples_per_class`` barcodes, as in
+BarcodeMAE+), each barcode read from a random start offset (and optionally a random crop) so that one reading frame
+suffices at inference. Objectives: ``genus`` / ``species`` (cross-entropy, by default through a cosine classifier
+that trains the embedding for cosine search), several ranks from coarse to fine such as ``family+genus`` or
+``order+family+genus`` (one head per rank on the same embedding, loss = the sum of the ranks' cross-entropies, a row
+lacking a rank's label left out of that rank's term), ``supcon`` (supervised contrastive over the batch, genus
+positives) and ``genus+supcon`` (any rank objective ``+supcon``, positives of its deepest rank).
+
+Partitions: a table with BIOSCAN-5M ``split`` values must hold ``train`` (the labels), ``val_unseen`` (the probe's
+queries) and any ``--label_splits``; one that lacks them is refused with an error naming them. A table without split
+values (a lab's own library) is partitioned here, seeded by ``--seed``: ``barcodemae.data.assign_bioscan_splits``
+holds out whole species as ``val_unseen`` (probe queries) and ``test_unseen`` (untouched; ``barcodemae evaluate``
+assigns the same partition to the table when ``--seed 0``), and ``--holdout_genus_fraction`` of the genera of
+families with >= 2 genera (every family keeping one) become ``novel_genus``, whole genera no label of which trains.
+The held-out species and genera are logged and listed in ``run_info.json``.
+
+Every evaluation scores genus 1-NN of all unique unseen-species queries (``val_unseen``) against a fixed set of unique
+``train`` references, per species and micro, and, with held-out genera, family 1-NN of their unique barcodes, per
+genus and micro. ``OUTPUT_DIR`` ends with the classifier (`AutoModelForSequenceClassification`, deepest-rank labels
+in ``id2label``, coarser ranks' names in ``rank_labels`` and their heads under ``rank_classifiers.*``) and
+``OUTPUT_DIR/encoder/``, the encoder-only Hub folder with a model card naming the labels that trained it.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +39,52 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from barcodemae.embedding import Embedder, default_model_path
-from barcodemae.evaluation import IdentificationScore, identification_score, load_records, prepare_protocol
+from barcodemae.evaluation import IdentificationScore, identification_score, prepare_protocol
 from barcodemae.search import nearest_neighbors
 
 logger = logging.getLogger("barcodemae.training")
 
-TAXONOMY_OBJECTIVES = ("genus", "species", "supcon", "genus+supcon")
+RANKS = ("order", "family", "genus", "species")  # coarse to fine; an objective's deepest rank is genus or species
 LABEL_SPLITS = ("train", "val")  # seen species only: labels of unseen-species rows would leak into the evaluation
+NOVEL_GENUS = "novel_genus"  # the split of genera held out whole (tables without partitions)
+IGNORE_INDEX = -100  # a row's class at a rank it has no label for: left out of that rank's cross-entropy
+RECORD_COLUMNS = ("order", "family", "genus", "species", "dna_bin", "split")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """``--objective`` parsed: the ranks labelled (coarsest to deepest), whether each trains a classifier head, and
+    whether SupCon (positives: the deepest rank) joins."""
+
+    ranks: tuple[str, ...]
+    classify: bool
+    supcon: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Objective:
+        terms = text.split("+")
+        supcon = terms[-1] == "supcon"
+        ranks = tuple(terms[:-1] if supcon else terms)
+        order = [RANKS.index(rank) if rank in RANKS else -1 for rank in ranks]
+        valid = (supcon and not ranks) or (
+            min(order, default=-1) >= 0 and order == sorted(set(order)) and ranks[-1] in ("genus", "species")
+        )
+        if not valid:
+            raise ValueError(
+                f"--objective must be ranks of {'+'.join(RANKS)} from coarse to fine ending in genus or species "
+                f"(e.g. genus, family+genus), optionally +supcon, or supcon alone (got {text!r})"
+            )
+        return cls(ranks or ("genus",), classify=bool(ranks), supcon=supcon)
+
+    @property
+    def level(self) -> str:
+        """The deepest rank: the labels of the balanced batches, of SupCon and of the model's own classifier."""
+        return self.ranks[-1]
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -92,8 +141,9 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 @dataclass
 class TaxonomyCollator:
     """Read each barcode from a random start offset ``0..k-1`` (and, with ``min_crop_fraction < 1``, keep a
-    random window of that fraction or more of its bases), tokenize and pad. The randomness is seeded from the
-    batch's rows, so a resumed run draws what an uninterrupted one would."""
+    random window of that fraction or more of its bases), tokenize and pad; ``labels`` stack as the rows hold them
+    (one class, or one per rank). The randomness is seeded from the batch's rows, so a resumed run draws what an
+    uninterrupted one would."""
 
     tokenizer: object
     random_offset: bool = True
@@ -114,7 +164,7 @@ class TaxonomyCollator:
                 sequence = sequence[int(rng.integers(0, k)) :]
             sequences.append(sequence)
         batch = self.tokenizer(sequences, padding=True, truncation=True, return_tensors="pt")
-        labels = torch.tensor([int(feature["labels"]) for feature in features])
+        labels = torch.tensor([feature["labels"] for feature in features])
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
@@ -131,18 +181,32 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
     return -mean_positive[has_positive].mean()
 
 
+def coarser_rank_losses(model, embeddings: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """Cross-entropy of each head of ``model.rank_classifiers`` (``labels``' columns, in order) on the dropped-out
+    embeddings, over the rows labelled at that rank; a rank no row of the batch has adds no term."""
+    return [
+        F.cross_entropy(head(model.dropout(embeddings)).float(), target, ignore_index=IGNORE_INDEX)
+        for head, target in zip(model.rank_classifiers.values(), labels.T)
+        if (target != IGNORE_INDEX).any()
+    ]
+
+
 class IdentificationProbe:
     """Genus 1-NN of unseen-species queries against fixed seen-species references, per species and micro.
-    ``references`` / ``queries``: columns ``dna_barcode``, ``genus`` (and ``species`` for the queries)."""
+    ``references`` / ``queries``: columns ``dna_barcode``, ``genus`` (and ``species`` for the queries). With
+    ``novel_genus`` (columns ``dna_barcode``, ``genus``, ``family``; the references then need ``family``), also
+    family 1-NN of the barcodes of genera held out of training, per genus and micro."""
 
-    def __init__(self, references, queries, tokenizer):
-        self.references, self.queries, self.tokenizer = references, queries, tokenizer
+    def __init__(self, references, queries, tokenizer, novel_genus=None):
+        self.references, self.queries, self.tokenizer, self.novel_genus = references, queries, tokenizer, novel_genus
 
-    def embeddings(self, encoder) -> tuple[np.ndarray, np.ndarray]:
-        """``(reference, query)`` embeddings, the encoder's train/eval mode left as it was."""
+    def embeddings(self, encoder) -> tuple[np.ndarray, ...]:
+        """``(reference, query)`` embeddings (and those of ``novel_genus``), the encoder's train/eval mode left as
+        it was."""
         was_training = encoder.training
         embed = Embedder(encoder, self.tokenizer, batch_size=256, precision="fp32")
-        embeddings = embed(self.references["dna_barcode"]), embed(self.queries["dna_barcode"])
+        sets = (self.references, self.queries, *([self.novel_genus] if self.novel_genus else []))
+        embeddings = tuple(embed(rows["dna_barcode"]) for rows in sets)
         encoder.train(was_training)
         return embeddings
 
@@ -152,21 +216,35 @@ class IdentificationProbe:
         species = [s or g for s, g in zip(self.queries["species"], self.queries["genus"])]
         return identification_score(predicted, self.queries["genus"], species, resamples=1)
 
+    def novel_genus_score(self, reference_embeddings: np.ndarray, novel_embeddings: np.ndarray) -> IdentificationScore:
+        """Family 1-NN of the held-out genera's barcodes; ``per_species`` is the mean over their genera."""
+        nearest, _ = nearest_neighbors(novel_embeddings, reference_embeddings)
+        predicted = np.asarray(self.references["family"], dtype=object)[nearest[:, 0]]
+        return identification_score(predicted, self.novel_genus["family"], self.novel_genus["genus"], resamples=1)
+
     def __call__(self, encoder) -> dict[str, float]:
-        score = self.score(*self.embeddings(encoder))
-        return {"genus_1nn_per_species": score.per_species, "genus_1nn_micro": score.micro}
+        references, queries, *novel = self.embeddings(encoder)
+        score = self.score(references, queries)
+        metrics = {"genus_1nn_per_species": score.per_species, "genus_1nn_micro": score.micro}
+        if novel:
+            family = self.novel_genus_score(references, novel[0])
+            metrics["novel_genus_family_1nn_per_genus"] = family.per_species
+            metrics["novel_genus_family_1nn_micro"] = family.micro
+        return metrics
 
 
 class TaxonomyTrainer(Trainer):
     """Trainer with class-balanced training batches, the taxonomy objectives and the identification probe as its
-    evaluation (``eval_dataset`` is the probe's query set)."""
+    evaluation (``eval_dataset`` is the probe's query set). ``labels`` hold one class per rank of the objective,
+    coarsest to deepest: the deepest trains the model's own classifier, each coarser one its head in
+    ``model.rank_classifiers``."""
 
     def __init__(
         self,
         *args,
         sampler: ClassBalancedBatchSampler,
         probe: IdentificationProbe,
-        objective: str,
+        objective: Objective,
         supcon_temperature: float,
         **kwargs,
     ):
@@ -186,12 +264,13 @@ class TaxonomyTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        outputs = model(**inputs)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels[:, -1])
         losses = []
-        if self.objective in ("genus", "species", "genus+supcon"):
-            losses.append(outputs.loss)
-        if "supcon" in self.objective:
-            losses.append(supervised_contrastive_loss(outputs.embeddings, labels, self.supcon_temperature))
+        if self.objective.classify:
+            unwrapped = self.accelerator.unwrap_model(model)
+            losses += [outputs.loss, *coarser_rank_losses(unwrapped, outputs.embeddings, labels[:, :-1])]
+        if self.objective.supcon:
+            losses.append(supervised_contrastive_loss(outputs.embeddings, labels[:, -1], self.supcon_temperature))
         loss = sum(losses)
         return (loss, outputs) if return_outputs else loss
 
@@ -207,11 +286,20 @@ class TaxonomyTrainer(Trainer):
 
 @dataclass
 class FinetuneArguments:
-    data: list[str] = field(metadata={"help": "BIOSCAN-5M-style table(s) with split, genus, species columns."})
+    data: list[str] = field(
+        metadata={"help": "BIOSCAN-5M-style table(s) with genus, species (family, order) and optionally split columns"}
+    )
     model: str = field(default_factory=default_model_path, metadata={"help": "BarcodeMAE encoder folder."})
-    objective: str = field(default="genus", metadata={"help": f"one of {', '.join(TAXONOMY_OBJECTIVES)}"})
+    objective: str = field(
+        default="genus",
+        metadata={"help": "genus, species, ranks coarse to fine (family+genus, order+family+genus), X+supcon, supcon"},
+    )
     label_splits: list[str] = field(
         default_factory=lambda: ["train"], metadata={"help": f"splits whose labels train (of {LABEL_SPLITS})"}
+    )
+    holdout_genus_fraction: float = field(
+        default=0.1,
+        metadata={"help": "tables without split values: share of the genera of families with >= 2 held out whole"},
     )
     readout: str | None = field(default=None, metadata={"help": "mean | kmer_bag | mean+kmer_bag (default: keep)"})
     embedding_frames: int = field(default=1, metadata={"help": "reading frames pooled (1: one encoder pass)"})
@@ -235,56 +323,211 @@ class FinetuneTrainingArguments(TrainingArguments):
 
 
 def check_arguments(args: FinetuneArguments) -> None:
-    if args.objective not in TAXONOMY_OBJECTIVES:
-        raise ValueError(f"--objective must be one of {TAXONOMY_OBJECTIVES} (got {args.objective!r})")
+    Objective.parse(args.objective)
     leaking = sorted(set(args.label_splits) - set(LABEL_SPLITS))
     if leaking:
         raise ValueError(
             f"--label_splits {leaking} refused: labels may only come from seen-species partitions {LABEL_SPLITS}"
             " (unseen-species or pretraining rows would leak into the open-world evaluation)"
         )
+    if not 0.0 <= args.holdout_genus_fraction < 1.0:
+        raise ValueError(f"--holdout_genus_fraction must be in [0, 1) (got {args.holdout_genus_fraction})")
 
 
-def labelled_rows(records: list[dict], splits: Sequence[str], level: str) -> tuple[list[str], list[str]]:
-    """Unique (barcode, label) pairs of the given splits that have a ``level`` label, in input order."""
+def _text(value) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def load_taxonomy_records(path: str) -> tuple[list[dict], dict]:
+    """`barcodemae.evaluation.load_records`' records with the ``order`` and ``family`` columns the ranks need."""
+    from barcodemae.data import read_barcodes
+
+    raw, report = read_barcodes(path)
+    records = [
+        {"processid": r.record_id, "dna_barcode": r.sequence, **{c: r.metadata.get(c) for c in RECORD_COLUMNS}}
+        for r in raw
+    ]
+    return records, {"n_records": report.n_records, "n_kept": report.n_kept, "skipped": dict(report.skipped)}
+
+
+def novel_genera(records: list[dict], fraction: float, seed: int) -> list[str]:
+    """``round(fraction x n)`` of the n genera of families with >= 2 genera, drawn with ``seed``, skipping a genus
+    whose family would be left without a seen genus."""
+    genera_of: dict[str, set[str]] = {}
+    for record in records:
+        family, genus = _text(record.get("family")), _text(record.get("genus"))
+        if family and genus:
+            genera_of.setdefault(family, set()).add(genus)
+    candidates = sorted((family, genus) for family, genera in genera_of.items() if len(genera) >= 2 for genus in genera)
+    seen = {family: len(genera) for family, genera in genera_of.items()}
+    wanted, chosen = round(fraction * len(candidates)), set()
+    for index in np.random.default_rng([seed, 2]).permutation(len(candidates)):  # a stream apart from the species'
+        family, genus = candidates[index]
+        if len(chosen) < wanted and seen[family] > 1 and genus not in chosen:
+            chosen.add(genus)
+            seen[family] -= 1
+    return sorted(chosen)
+
+
+def hold_out(records: list[dict], genus_fraction: float, seed: int) -> tuple[list[dict], dict]:
+    """Partitions for a table without any: `barcodemae.data.assign_bioscan_splits` (``seed``) holds out species as
+    ``val_unseen`` / ``test_unseen``, then every row of the :func:`novel_genera` becomes ``novel_genus``. Returns
+    the records with their ``split`` and what was held out."""
+    from barcodemae.data import assign_bioscan_splits
+
+    genera = novel_genera(records, genus_fraction, seed)
+    novel = set(genera)
+    splits = assign_bioscan_splits(records, seed=seed)
+    records = [
+        {**record, "split": NOVEL_GENUS if _text(record.get("genus")) in novel else split}
+        for record, split in zip(records, splits)
+    ]
+    species = {
+        split: sorted({_text(r.get("species")) for r in records if r["split"] == split})
+        for split in ("val_unseen", "test_unseen")
+    }
+    holdout = {
+        "seed": seed,
+        "genus_fraction": genus_fraction,
+        "rows": dict(sorted(Counter(r["split"] for r in records).items())),
+        "novel_genera": genera,
+        "val_unseen_species": species["val_unseen"],
+        "test_unseen_species": species["test_unseen"],
+    }
+    logger.info(
+        "No split values: held out (seed %d) %d species as val_unseen (probe queries), %d as test_unseen and %d "
+        "genera whole as %s: %s; the lists go to run_info.json",
+        seed,
+        len(species["val_unseen"]),
+        len(species["test_unseen"]),
+        len(genera),
+        NOVEL_GENUS,
+        ", ".join(genera) or "none",
+    )
+    return records, holdout
+
+
+def check_partitions(records: list[dict], args: FinetuneArguments, assigned: bool) -> None:
+    """Refuse, in one message, the partitions the run needs (labels and probe queries) that the records lack."""
+    present = Counter(_text(r.get("split")) or "(none)" for r in records)
+    needed = dict.fromkeys(["train", *args.label_splits, args.probe_split])
+    missing = ", ".join(f"`{split}`" for split in needed if not present[split])
+    if not missing:
+        return
+    found = ", ".join(f"{name} ({n:,})" for name, n in sorted(present.items()))
+    if assigned:
+        raise ValueError(
+            f"holding out species left no {missing} rows ({found}): the unseen-species probe needs genera with >= 3 "
+            "labelled species, and training needs seen species"
+        )
+    raise ValueError(
+        f"the table's split column has no {missing} rows (split values: {found}); barcodemae finetune needs `train` "
+        f"and --label_splits for the labels and `{args.probe_split}` (unseen species) for the probe. Without split "
+        "values (drop the column or leave it empty) it holds out species and genera itself, seeded by --seed"
+    )
+
+
+def partitioned(records: list[dict], args: FinetuneArguments, seed: int) -> tuple[list[dict], dict | None]:
+    """The records with the table's partitions (checked), or, where it has no split values, with species and genera
+    held out here; and what was held out (None: the table's own partitions)."""
+    holdout = None
+    if not any(_text(record.get("split")) for record in records):
+        records, holdout = hold_out(records, args.holdout_genus_fraction, seed)
+    check_partitions(records, args, assigned=holdout is not None)
+    return records, holdout
+
+
+def labelled_rows(records: list[dict], splits: Sequence[str], ranks: Sequence[str]) -> tuple[list[str], list[tuple]]:
+    """Unique (barcode, deepest-rank label) pairs of the given splits, in input order, with each row's label at every
+    rank ('' where it has none)."""
     seen, sequences, labels = set(), [], []
     for record in records:
-        label = record.get(level)
+        label = record.get(ranks[-1])
         if record.get("split") in splits and label and (record["dna_barcode"], label) not in seen:
             seen.add((record["dna_barcode"], label))
             sequences.append(record["dna_barcode"])
-            labels.append(str(label))
+            labels.append(tuple(str(record.get(rank) or "") for rank in ranks))
     if not sequences:
-        raise ValueError(f"no rows with a {level} label in splits {list(splits)}")
+        raise ValueError(f"no rows with a {ranks[-1]} label in splits {list(splits)}")
     return sequences, labels
 
 
-def build_datasets(records: list[dict], args: FinetuneArguments, seed: int):
-    """Training rows (with integer labels and their names) and the probe's references and queries."""
-    import datasets
-
-    level = "species" if args.objective == "species" else "genus"
-    sequences, labels = labelled_rows(records, args.label_splits, level)
-    names = sorted(set(labels))
-    index = {name: i for i, name in enumerate(names)}
-    train = datasets.Dataset.from_dict(
-        {"dna_barcode": sequences, "labels": [index[n] for n in labels], "row": list(range(len(sequences)))}
-    )
-    protocol = prepare_protocol(records, seen_split="val", unseen_split=args.probe_split)
+def probe_sets(records: list[dict], args: FinetuneArguments, seed: int) -> tuple[dict, dict, dict | None]:
+    """The probe's unique ``train`` references (at most ``probe_references``, with their genus's family), its
+    unique ``probe_split`` queries and the unique barcodes of the novel genera that have a family (None: none)."""
+    # the protocol's seen-species queries go unused: asking for the probe's split twice spares requiring `val`
+    protocol = prepare_protocol(records, seen_split=args.probe_split, unseen_split=args.probe_split)
     references = protocol.train.subsample(args.probe_references, seed)
+    family_of = {_text(r.get("genus")): _text(r.get("family")) for r in records if _text(r.get("family"))}
     probe_refs = {"dna_barcode": references.sequences, "genus": references.genus}
+    probe_refs["family"] = [family_of.get(genus) for genus in references.genus]
     probe_queries = {name: getattr(protocol.unseen, name) for name in ("sequences", "genus", "species")}
     probe_queries["dna_barcode"] = probe_queries.pop("sequences")
-    return train, names, probe_refs, probe_queries
+    novel = {}
+    for record in records:
+        if record.get("split") == NOVEL_GENUS and _text(record.get("family")):
+            novel.setdefault(record["dna_barcode"], record)
+    novel_queries = {
+        column: [_text(r[column]) for r in novel.values()] for column in ("dna_barcode", "genus", "family")
+    }
+    return probe_refs, probe_queries, novel_queries if novel else None
 
 
-def load_classifier(args: FinetuneArguments, label_names: list[str]):
+@dataclass
+class FinetuneData:
+    """What `barcodemae finetune` trains and probes on: ``train`` (a ``datasets.Dataset`` of ``dna_barcode``,
+    ``labels``: one class per rank, coarsest to deepest, :data:`IGNORE_INDEX` where a row lacks the rank, and
+    ``row``), each rank's class names, the probe's sets and what was held out (None: the table's partitions)."""
+
+    train: object
+    label_names: dict[str, list[str]]
+    references: dict[str, list]
+    queries: dict[str, list]
+    novel_genus: dict[str, list] | None
+    holdout: dict | None
+
+
+def build_datasets(records: list[dict], args: FinetuneArguments, seed: int) -> FinetuneData:
+    """Partition the records (:func:`partitioned`), then the training rows and the probe's sets."""
+    import datasets
+
+    records, holdout = partitioned(records, args, seed)
+    ranks = Objective.parse(args.objective).ranks
+    sequences, labels = labelled_rows(records, args.label_splits, ranks)
+    names = {rank: sorted({row[i] for row in labels} - {""}) for i, rank in enumerate(ranks)}
+    index = {rank: {name: i for i, name in enumerate(names[rank])} for rank in ranks}
+    classes = [[index[rank].get(name, IGNORE_INDEX) for rank, name in zip(ranks, row)] for row in labels]
+    train = datasets.Dataset.from_dict(
+        {"dna_barcode": sequences, "labels": classes, "row": list(range(len(sequences)))}
+    )
+    return FinetuneData(train, names, *probe_sets(records, args, seed), holdout)
+
+
+def rank_heads(model, rank_labels: dict[str, list[str]]) -> nn.ModuleDict:
+    """One classifier per coarser rank, of the kind of the model's own head and initialised as the model does."""
+    from modeling_barcodemae import CosineClassifier
+
+    config, heads = model.config, nn.ModuleDict()
+    for rank, names in rank_labels.items():
+        if config.classifier_type == "cosine":
+            heads[rank] = CosineClassifier(config.embedding_size, len(names), config.classifier_scale)
+        else:
+            heads[rank] = nn.Linear(config.embedding_size, len(names))
+        model._init_weights(heads[rank])
+    return heads
+
+
+def load_classifier(args: FinetuneArguments, label_names: dict[str, list[str]]):
+    """The classifier of the deepest rank, with the coarser ranks' heads as ``rank_classifiers`` (their class names
+    in ``config.rank_labels``)."""
     from modeling_barcodemae import BarcodeMAEForSequenceClassification
 
+    *coarser, level = Objective.parse(args.objective).ranks
+    names = label_names[level]
     overrides = dict(
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
         classifier_type=args.classifier_type,
         classifier_scale=args.classifier_scale,
         embedding_frames=args.embedding_frames,
@@ -293,9 +536,20 @@ def load_classifier(args: FinetuneArguments, label_names: list[str]):
     if args.readout:
         overrides["readout"] = args.readout
     model = BarcodeMAEForSequenceClassification.from_pretrained(args.model, local_files_only=True, **overrides)
+    rank_labels = {rank: label_names[rank] for rank in coarser}
+    if rank_labels:
+        model.config.rank_labels = rank_labels
+    model.rank_classifiers = rank_heads(model, rank_labels)
     if args.freeze_encoder_layers:
         model.barcodemae.encoder.requires_grad_(False)
     return model
+
+
+def label_summary(config, objective: Objective) -> str:
+    """``12 family labels and 48 genus labels``: the classes of each rank the objective trains."""
+    counts = [(len(config.rank_labels[rank]), rank) for rank in objective.ranks[:-1]]
+    counts.append((config.num_labels, objective.level))
+    return " and ".join(f"{n} {rank} labels" for n, rank in counts)
 
 
 def already_trained(training_args: TrainingArguments) -> bool:
@@ -336,27 +590,27 @@ def run_finetune(argv: Sequence[str]) -> Path:
         return Path(training_args.output_dir)
     started = time.time()
     set_seed(training_args.seed)
-    records, cleaning = load_records(args.data[0]) if len(args.data) == 1 else _load_many(args.data)
-    train, label_names, probe_refs, probe_queries = build_datasets(records, args, training_args.seed)
-    model = load_classifier(args, label_names)
+    records, cleaning = load_taxonomy_records(args.data[0]) if len(args.data) == 1 else _load_many(args.data)
+    data = build_datasets(records, args, training_args.seed)
+    objective = Objective.parse(args.objective)
+    model = load_classifier(args, data.label_names)
     tokenizer = BarcodeMAETokenizer.from_pretrained(args.model, local_files_only=True)
-    logger.info("%d %s labels, %d training barcodes", len(label_names), args.objective, len(train))
-    probe = IdentificationProbe(probe_refs, probe_queries, tokenizer)
-    sampler = ClassBalancedBatchSampler(
-        train["labels"], args.classes_per_batch, args.samples_per_class, seed=training_args.seed
-    )
+    logger.info("%s, %d training barcodes", label_summary(model.config, objective), len(data.train))
+    probe = IdentificationProbe(data.references, data.queries, tokenizer, data.novel_genus)
+    deepest = [row[-1] for row in data.train["labels"]]
+    sampler = ClassBalancedBatchSampler(deepest, args.classes_per_batch, args.samples_per_class, training_args.seed)
     budget = [TimeBudgetCallback(training_args.max_train_minutes)] if training_args.max_train_minutes else None
     trainer = TaxonomyTrainer(
         model=model,
         args=training_args,
         data_collator=TaxonomyCollator(tokenizer, args.random_offset, args.min_crop_fraction, training_args.seed),
-        train_dataset=train,
-        eval_dataset=probe_queries["dna_barcode"],
+        train_dataset=data.train,
+        eval_dataset=data.queries["dna_barcode"],
         processing_class=tokenizer,
         callbacks=budget,
         sampler=sampler,
         probe=probe,
-        objective=args.objective,
+        objective=objective,
         supcon_temperature=args.supcon_temperature,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -364,14 +618,15 @@ def run_finetune(argv: Sequence[str]) -> Path:
     trainer.save_model()
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
-        write_encoder(trainer.model, tokenizer, output_dir / "encoder", args, len(train))
+        write_encoder(trainer.model, tokenizer, output_dir / "encoder", args, len(data.train))
         info = {
             "command": " ".join(["barcodemae finetune", *argv]),
             "objective": args.objective,
-            "labels": f"{len(label_names)} {'species' if args.objective == 'species' else 'genus'} labels",
+            "labels": label_summary(model.config, objective),
             "label_splits": args.label_splits,
-            "training_barcodes": len(train),
+            "training_barcodes": len(data.train),
             "cleaning": cleaning,
+            "holdout": data.holdout,
             "global_step": trainer.state.global_step,
             "train_loss": result.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -386,6 +641,18 @@ def run_finetune(argv: Sequence[str]) -> Path:
     return output_dir
 
 
+def holdout_record(holdout: dict | None) -> str:
+    """TRAINING.md's line on the partitions held out by `barcodemae finetune` ('' where the table had its own)."""
+    if not holdout:
+        return ""
+    return f"""* Partitions: the table has no split values, so `barcodemae finetune` held out (seed {holdout["seed"]})
+  {len(holdout["val_unseen_species"])} species as `val_unseen` (the probe's queries) and
+  {len(holdout["test_unseen_species"])} as `test_unseen` (untouched) with `barcodemae.data.assign_bioscan_splits`,
+  and {len(holdout["novel_genera"])} genera whole as `{NOVEL_GENUS}` ({holdout["genus_fraction"]:.0%} of the genera of
+  families with >= 2 genera; no label of theirs trains); `run_info.json` lists them.
+"""
+
+
 def training_record(info: dict, args: FinetuneArguments) -> str:
     """TRAINING.md of a fine-tuned encoder: command, data, labels, budget and the probe during training."""
     rows = [
@@ -393,11 +660,18 @@ def training_record(info: dict, args: FinetuneArguments) -> str:
         for e in info.get("eval_history", [])
     ]
     batch = args.classes_per_batch * args.samples_per_class
+    final, partitions = info["final_eval"], holdout_record(info.get("holdout"))
+    novel = (
+        f" Family 1-NN of the held-out genera's barcodes: {final['eval_novel_genus_family_1nn_per_genus']} per genus,"
+        f" {final['eval_novel_genus_family_1nn_micro']} micro."
+        if "eval_novel_genus_family_1nn_micro" in final
+        else ""
+    )
     return f"""# How this encoder was trained
 
 * Command: `{info["command"]}`
 * Start: `{args.model}` (its own TRAINING.md tells how it was pretrained).
-* Labels: {info["labels"]} of {info["training_barcodes"]} unique (barcode, label) rows of the
+{partitions}* Labels: {info["labels"]} of {info["training_barcodes"]} unique (barcode, label) rows of the
   `{"`, `".join(info["label_splits"])}` partition(s) only (seen species; `val_unseen`, `test_unseen` and
   `pretrain` labels are refused by `barcodemae finetune`).
 * Objective: `{info["objective"]}`; readout `{args.readout or "as loaded"}`; {info["global_step"]} steps of {batch}
@@ -407,8 +681,8 @@ def training_record(info: dict, args: FinetuneArguments) -> str:
 * Wall time: {info["wall_seconds"] / 60:.1f} min (data loading and evaluations included), device `{info["device"]}`,
   {info.get("torch_threads", "?")} torch thread(s).
 * Probe (genus 1-NN of all unique `{args.probe_split}` queries against {args.probe_references:,} unique `train`
-  references; choose on the per-species number): final {info["final_eval"].get("eval_genus_1nn_per_species")} per
-  species, {info["final_eval"].get("eval_genus_1nn_micro")} micro.
+  references; choose on the per-species number): final {final.get("eval_genus_1nn_per_species")} per
+  species, {final.get("eval_genus_1nn_micro")} micro.{novel}
 
 | step | probe per species (%) | probe micro (%) |
 |---:|---:|---:|
@@ -419,7 +693,7 @@ def training_record(info: dict, args: FinetuneArguments) -> str:
 def _load_many(paths: Sequence[str]) -> tuple[list[dict], dict]:
     records, cleaning = [], {}
     for path in paths:
-        part, summary = load_records(path)
+        part, summary = load_taxonomy_records(path)
         records.extend(part)
         cleaning[path] = summary
     return records, cleaning
@@ -431,9 +705,8 @@ def write_encoder(model, tokenizer, folder: Path, args: FinetuneArguments, n_row
     from modeling_barcodemae import ENCODER_AUTO_MAP
 
     encoder = model.barcodemae
-    level = "species" if args.objective == "species" else "genus"
     encoder.config.trained_labels = (
-        f"{encoder.config.num_labels} {level} labels of {n_rows} unique barcodes from the "
+        f"{label_summary(encoder.config, Objective.parse(args.objective))} of {n_rows} unique barcodes from the "
         f"`{'`, `'.join(args.label_splits)}` partition(s), seen species only (`barcodemae finetune --objective "
         f"{args.objective}`, class-balanced batches of {args.classes_per_batch} x {args.samples_per_class})"
     )

@@ -1,6 +1,8 @@
-"""Taxonomy-aware fine-tuning: class-balanced batches, offsets, losses, the leak guard, `barcodemae finetune`."""
+"""Taxonomy-aware fine-tuning: class-balanced batches, offsets, losses, the leak guard, objectives over several ranks,
+partitions held out of tables without any, `barcodemae finetune`."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,10 +13,14 @@ from barcodemae import simulate
 from barcodemae.cli import main as cli_main
 from barcodemae.evaluation import identification_score
 from barcodemae.training import (
+    IGNORE_INDEX,
     ClassBalancedBatchSampler,
     FinetuneArguments,
+    Objective,
     TaxonomyCollator,
     check_arguments,
+    coarser_rank_losses,
+    hold_out,
     supervised_contrastive_loss,
 )
 from modeling_barcodemae import BarcodeMAEModel
@@ -89,15 +95,19 @@ def test_identification_score_per_species_and_micro():
     assert "per species 33.33" in str(score)
 
 
-@pytest.fixture(scope="module")
-def finetune_inputs(tmp_path_factory):
-    """Species as far apart as 10% of sites (genera 6%): k-mer similarity alone names the genus of an unseen
-    species poorly, genus-diagnostic k-mers can be learned."""
-    folder = tmp_path_factory.mktemp("finetune")
+def _simulated_tree() -> list[dict]:
+    """16 genera of 4 species, 4 genera a family. Species as far apart as 10% of sites (genera 6%): k-mer similarity
+    alone names the genus of an unseen species poorly, genus-diagnostic k-mers can be learned."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(simulate.DIVERGENCE, "species", 0.10)
-        tree = simulate.simulate_barcodes(genera_per_family=4, species_per_genus=4, specimens_per_species=6)
-    records = simulate.with_splits(tree, seed=0)
+        return simulate.simulate_barcodes(genera_per_family=4, species_per_genus=4, specimens_per_species=6)
+
+
+@pytest.fixture(scope="module")
+def finetune_inputs(tmp_path_factory):
+    """The simulated table with BIOSCAN-5M partitions, and a tiny encoder."""
+    folder = tmp_path_factory.mktemp("finetune")
+    records = simulate.with_splits(_simulated_tree(), seed=0)
     data = simulate.write_tsv(records, folder / "barcodes.tsv")
     torch.manual_seed(0)
     config = tiny_config(max_length=660)
@@ -167,3 +177,107 @@ def test_export_turns_a_finetune_checkpoint_into_an_encoder_folder(tmp_path, fin
     encoder = AutoModel.from_pretrained(tmp_path / "exported", trust_remote_code=True)
     assert type(encoder).__name__ == "BarcodeMAEModel" and encoder.config.readout == "kmer_bag"
     assert "barcodemae finetune" in (tmp_path / "exported" / "README.md").read_text()
+
+
+def test_objectives_name_ranks_from_coarse_to_fine_ending_in_genus_or_species():
+    assert Objective.parse("genus") == Objective(("genus",), classify=True, supcon=False)
+    assert Objective.parse("supcon") == Objective(("genus",), classify=False, supcon=True)
+    assert Objective.parse("genus+supcon") == Objective(("genus",), classify=True, supcon=True)
+    assert Objective.parse("order+family+genus").ranks == ("order", "family", "genus")
+    for wrong in ("order", "genus+family", "family+family+genus", "supcon+genus", "family+genus+tribe", ""):
+        with pytest.raises(ValueError, match="objective"):
+            Objective.parse(wrong)
+
+
+def test_coarser_rank_losses_leave_out_rows_without_that_rank():
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.dropout = torch.nn.Identity()
+    model.rank_classifiers = torch.nn.ModuleDict({"order": torch.nn.Linear(4, 2), "family": torch.nn.Linear(4, 3)})
+    embeddings = torch.randn(5, 4)
+    labels = torch.tensor([[0, 2], [1, IGNORE_INDEX], [1, 0], [0, IGNORE_INDEX], [1, 1]])
+    order, family = coarser_rank_losses(model, embeddings, labels)
+    labelled = labels[:, 1] != IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(
+        model.rank_classifiers["family"](embeddings[labelled]), labels[labelled, 1]
+    )
+    torch.testing.assert_close(family, expected)
+    assert order > 0
+    labels[:, 0] = IGNORE_INDEX
+    assert len(coarser_rank_losses(model, embeddings, labels)) == 1  # no row of the batch has an order: no term
+
+
+def test_holding_out_species_and_genera_is_seeded_and_keeps_every_genus_and_family_seen():
+    records = _simulated_tree()
+    held, holdout = hold_out(records, genus_fraction=0.1, seed=3)
+    assert hold_out(records, 0.1, seed=3)[1] == holdout and hold_out(records, 0.1, seed=4)[1] != holdout
+    assert len(holdout["novel_genera"]) == 2  # round(10% of 16)
+    for split in ("val_unseen", "test_unseen"):
+        assert holdout[f"{split}_species"] == sorted({r["species"] for r in held if r["split"] == split})
+    seen = [r for r in held if r["split"] == "train"]
+    assert not {r["species"] for r in seen} & {*holdout["val_unseen_species"], *holdout["test_unseen_species"]}
+    assert not {r["genus"] for r in seen} & set(holdout["novel_genera"])
+    families = {r["family"] for r in records}
+    assert {r["family"] for r in seen} == families and len({r["genus"] for r in seen}) == 14
+    assert {r["split"] for r in held if r["genus"] in holdout["novel_genera"]} == {"novel_genus"}
+
+
+@pytest.fixture(scope="module")
+def unpartitioned_table(tmp_path_factory):
+    """The simulated table without a split column, family labels blank on one genus's rows."""
+    records = [{**r, "family": "" if r["genus"] == "Babaus" else r["family"]} for r in _simulated_tree()]
+    return simulate.write_tsv(records, tmp_path_factory.mktemp("lab") / "library.tsv", split_column=False)
+
+
+def test_finetune_on_a_table_without_partitions_holds_out_species_and_genera(
+    tmp_path, finetune_inputs, unpartitioned_table
+):
+    from transformers import AutoConfig
+
+    _, model = finetune_inputs
+    info = _finetune(unpartitioned_table, model, tmp_path / "run", "--max_steps", "2", "--objective", "species")
+    holdout = info["holdout"]
+    assert holdout["seed"] == 42 and len(holdout["novel_genera"]) == 2 and holdout["val_unseen_species"]
+    trained = set(AutoConfig.from_pretrained(tmp_path / "run", trust_remote_code=True).id2label.values())
+    held_out = {*holdout["val_unseen_species"], *holdout["test_unseen_species"]}
+    assert trained and not trained & held_out
+    assert not {species.split()[0] for species in trained} & set(holdout["novel_genera"])
+    assert len(trained) + len(held_out) + 4 * len(holdout["novel_genera"]) == 64  # every other species trains
+    assert "eval_novel_genus_family_1nn_per_genus" in info["final_eval"]
+    record = (tmp_path / "run" / "encoder" / "TRAINING.md").read_text()
+    assert f"{len(holdout['val_unseen_species'])} species as `val_unseen`" in record
+    assert "2 genera whole as `novel_genus`" in record
+
+
+def test_finetune_refuses_a_table_lacking_a_partition_it_needs(tmp_path, finetune_inputs, capsys):
+    _, model = finetune_inputs
+    records = [
+        {**r, "split": "test_unseen" if r["split"] == "val_unseen" else r["split"]}
+        for r in simulate.with_splits(_simulated_tree())
+    ]
+    data = simulate.write_tsv(records, tmp_path / "no-val-unseen.tsv")
+    argv = ["finetune", "--data", str(data), "--model", str(model), "--output_dir", str(tmp_path / "x")]
+    assert cli_main([*argv, "--use_cpu", "true"]) == 2
+    error = capsys.readouterr().err
+    assert "no `val_unseen` rows" in error and "Without split values" in error and not (tmp_path / "x").exists()
+
+
+def test_family_and_genus_objective_trains_a_head_per_rank(tmp_path, finetune_inputs, unpartitioned_table):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    _, model = finetune_inputs
+    info = _finetune(unpartitioned_table, model, tmp_path / "run", "--max_steps", "2", "--objective", "family+genus")
+    assert info["labels"] == "4 family labels and 14 genus labels" and math.isfinite(info["train_loss"])
+    genus = _finetune(unpartitioned_table, model, tmp_path / "genus", "--max_steps", "2", "--objective", "genus")
+    assert info["train_loss"] > genus["train_loss"] + 0.5  # the family head's cross-entropy adds to the genus one
+    encoder = AutoModel.from_pretrained(tmp_path / "run" / "encoder", trust_remote_code=True)
+    assert type(encoder).__name__ == "BarcodeMAEModel" and len(encoder.config.rank_labels["family"]) == 4
+    assert "Babaus" in encoder.config.id2label.values()  # its rows lack a family: they train the genus head only
+    assert "4 family labels and 14 genus labels" in (tmp_path / "run" / "encoder" / "TRAINING.md").read_text()
+    assert "4 family labels and 14 genus labels" in (tmp_path / "run" / "encoder" / "README.md").read_text()
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    assert weights["rank_classifiers.family.weight"].shape[0] == 4 and weights["classifier.weight"].shape[0] == 14
+    assert not any(
+        name.startswith("rank_classifiers") for name in load_file(tmp_path / "run" / "encoder" / "model.safetensors")
+    )

@@ -228,3 +228,38 @@ def test_quick_start_flags_exactly_the_species_absent_from_the_reference(tmp_pat
     }
     flagged = {row["query_id"]: row["assigned_rank"] != "species" for row in read_predictions(out)}
     assert flagged == truth and sum(truth.values()) == 2
+
+
+def test_sintax_output_and_every_reference_format_give_the_same_answers(tmp_path, capsys, tiny_encoder, split_records):
+    reference = split_records["reference"]
+    bioscan = write_tsv(reference, tmp_path / "reference.tsv")
+    sintax = tmp_path / "reference.fasta"
+    sintax.write_text(
+        "".join(
+            f">{r['processid']};tax=k:Animalia,p:{r['phylum']},c:{r['class']},o:{r['order']},f:{r['family']},"
+            f"g:{r['genus']},s:{r['species'].replace(' ', '_')};\n{r['dna_barcode']}\n"
+            for r in reference
+        )
+    )
+    queries = write_fasta(split_records["queries"], tmp_path / "queries.fasta")
+    common = ["--model", tiny_encoder, "--quiet", "--top-k", 2]
+    answers = {}
+    for name, path in (("bioscan", bioscan), ("sintax", sintax)):
+        out = tmp_path / f"{name}.tsv"
+        code, _, err = run(capsys, "identify", queries, "--reference", path, "-o", out, *common)
+        assert code == 0, err
+        answers[name] = [(r["query_id"], r["predicted_genus"], r["predicted_species"]) for r in read_predictions(out)]
+    assert answers["sintax"] == answers["bioscan"] and len(answers["bioscan"]) == len(split_records["queries"])
+
+    out = tmp_path / "answers.sintax"
+    code, _, err = run(capsys, "identify", queries, "--reference", sintax, "-o", out, "--format", "sintax", *common)
+    assert code == 0, err
+    lines = [line.split("\t") for line in out.read_text().splitlines()]
+    assert [line[0] for line in lines] == [r["processid"] for r in split_records["queries"]]
+    known = dict(zip((r["processid"] for r in split_records["known"]), split_records["known"]))
+    for query_id, full, strand, kept in lines:
+        assert full.startswith("k:Animalia(") and strand == "+"
+        assert [taxon.split("(")[0] for taxon in full.split(",")][: len(kept.split(","))] == kept.split(",")
+        if query_id in known:  # a known species: its species in both columns
+            species = "s:" + known[query_id]["species"].replace(" ", "_")
+            assert f",{species}(" in full and kept.endswith(species)
