@@ -16,7 +16,8 @@ searched against the reference in five scenarios, each weighted equally: only th
 species), its species left out (a novel species), its genus, its family, its order left out. The answer at a rank
 is right when it equals the left-out barcode's label. So a confidence estimates the chance that the answer at
 that rank is right for a query that is, with equal chance, of a known species or of a species, genus, family or
-order absent from the reference. Confidences never grow with depth (each is at most the one above it).
+order absent from the reference. Confidences never grow with depth (each is at most the nearest one above it that
+has an answer: references often lack an order or family label, and a missing label does not stop the ranks below).
 
 **Commitment.** ``assigned_rank`` is the deepest of order, family, genus and species whose confidence reaches its
 cut-off (per rank, :data:`DEFAULT_MIN_CONFIDENCE`, chosen on the `val` open-set protocol, ``benchmarks/openset.py``;
@@ -120,8 +121,8 @@ class ConfidenceModel:
     details: dict[str, Any] = field(default_factory=dict)
 
     def confidences(self, votes: Votes, species_margin: np.ndarray) -> dict[str, np.ndarray]:
-        """Confidence per rank, each at most the one above it; 0 where a rank has no answer; a rank the
-        calibration had no labels for takes the confidence of the rank above."""
+        """Confidence per rank, each at most the one above it that has an answer; 0 where a rank has no answer; a
+        rank the calibration had no labels for takes the confidence of the rank above."""
         out: dict[str, np.ndarray] = {}
         above = np.ones(len(species_margin))
         for level in (level for level in LEVELS if level in votes.codes):
@@ -130,8 +131,9 @@ class ConfidenceModel:
                 w = np.asarray(self.weights[level])
                 x = _design(votes.features[level], species_margin, level)
                 p = np.minimum(1.0 / (1.0 + np.exp(-(x @ w[:-1] + w[-1]))), above)
-            above = np.where(votes.codes[level] >= 0, p, 0.0)
-            out[level] = above
+            answered = votes.codes[level] >= 0
+            out[level] = np.where(answered, p, 0.0)
+            above = np.where(answered, p, above)  # a rank without an answer (no label among the voters) is passed
         return out
 
     def to_dict(self) -> dict[str, Any]:
