@@ -488,7 +488,7 @@ def first_occurrence_indices(sequences: Sequence[str]) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def _label(value: Any) -> str | None:
+def label(value: Any) -> str | None:
     """A usable label or None (missing: None, NaN, empty, 'nan', 'None')."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -576,18 +576,18 @@ def _partition(records: list[dict], name: str) -> tuple[Partition, int]:
         name=name,
         processids=[str(r.get("processid", "")) for r in kept],
         sequences=[sequences[i] for i in keep],
-        genus=[_label(r.get("genus")) for r in kept],
-        species=[_label(r.get("species")) for r in kept],
-        bin=[_label(r.get("dna_bin")) for r in kept],
+        genus=[label(r.get("genus")) for r in kept],
+        species=[label(r.get("species")) for r in kept],
+        bin=[label(r.get("dna_bin")) for r in kept],
         occurrence=np.array([row_of[s] for s in sequences], dtype=np.int64),
-        record_species=[_label(r.get("species")) for r in rows],
-        record_bin=[_label(r.get("dna_bin")) for r in rows],
+        record_species=[label(r.get("species")) for r in rows],
+        record_bin=[label(r.get("dna_bin")) for r in rows],
     )
     return partition, len(rows) - len(kept)
 
 
 def _ensure_splits(records: list[dict], seed: int) -> tuple[list[dict], bool]:
-    if any(_label(r.get("split")) for r in records):
+    if any(label(r.get("split")) for r in records):
         return records, False
     from barcodemae.data import assign_bioscan_splits  # written alongside; imported only when needed
 
@@ -615,7 +615,7 @@ def prepare_protocol(
     here; ``pretrain``, ``other_heldout``, ``val``, ``val_unseen``) and any split value BIOSCAN-5M does not define.
     """
     records, assigned = _ensure_splits(list(records), seed)
-    present = Counter(_label(r.get("split")) or "(none)" for r in records)
+    present = Counter(label(r.get("split")) or "(none)" for r in records)
     train, dup_train = _partition(records, train_split)
     test, dup_test = _partition(records, seen_split)
     unseen, dup_unseen = _partition(records, unseen_split)

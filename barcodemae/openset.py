@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from barcodemae.baselines import COMMIT_RANKS, lineage_down_to, write_fasta_sequences
-from barcodemae.evaluation import identification_score, species_differences
+from barcodemae.evaluation import identification_score, label, species_differences
 from barcodemae.io import atomic_paths, atomic_text
 
 GROUPS = ("known_species", "novel_species", "novel_genus")
@@ -65,25 +65,6 @@ PREDICTED_COLUMNS = tuple(f"predicted_{rank}" for rank in COMMIT_RANKS)
 RANKED_COLUMNS = ("query_id", "assigned_rank", *PREDICTED_COLUMNS, *CONFIDENCE_COLUMNS)
 DEFAULT_CUTOFFS = tuple(round(value, 2) for value in np.arange(0.0, 1.0001, 0.05))
 Answer = Mapping[str, str]
-
-
-def label(value: Any) -> str | None:
-    """A usable label or None (None, empty, ``nan``, ``None``)."""
-    text = "" if value is None else str(value).strip()
-    return None if text in ("", "nan", "None", "NaN") else text
-
-
-def load_records(path: str | os.PathLike) -> tuple[list[dict], dict[str, Any]]:
-    """Cleaned records of a BIOSCAN-style table with every taxonomy column (``barcodemae.data`` rules), and the
-    cleaning summary. :func:`barcodemae.evaluation.load_records` keeps only genus, species, BIN and split."""
-    from barcodemae.data import METADATA_COLUMNS, read_barcodes
-
-    raw, report = read_barcodes(path)
-    records = [
-        {"processid": r.record_id, "dna_barcode": r.sequence, **{c: r.metadata.get(c, "") for c in METADATA_COLUMNS}}
-        for r in raw
-    ]
-    return records, {"n_records": report.n_records, "n_kept": report.n_kept, "skipped": dict(report.skipped)}
 
 
 # ------------------------------------------------------------------------------------------- protocol

@@ -52,12 +52,12 @@ from barcodemae.baselines import (
     vsearch_top_hits,
 )
 from barcodemae.embedding import default_model_path
+from barcodemae.evaluation import load_records
 from barcodemae.io import atomic_text
 from barcodemae.openset import (
     GROUPS,
     OpenSetSplit,
     build_openset,
-    load_records,
     read_ranked_predictions,
     score_answers,
     sweep_cutoffs,
