@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from barcodemae.assign import COMMIT_RANKS
+from barcodemae.formats import RANK_LETTERS, SINTAX_LETTERS, sintax_name
+
 _CODE = np.full(256, -1, dtype=np.int64)
 for _i, _base in enumerate("ACGT"):
     _CODE[ord(_base)] = _i
@@ -155,19 +158,6 @@ def vsearch_genus_1nn(
 
 # ------------------------------------------------------------------------------------------- open-set baselines
 BOLD_IDENTITY_CUTS = (("species", 97.0), ("genus", 95.0), ("family", 90.0), ("order", 85.0))
-COMMIT_RANKS = ("order", "family", "genus", "species")
-SINTAX_RANKS = {
-    "d": "domain",
-    "k": "kingdom",
-    "p": "phylum",
-    "c": "class",
-    "o": "order",
-    "f": "family",
-    "g": "genus",
-    "s": "species",
-}
-_SINTAX_LETTER = {name: letter for letter, name in SINTAX_RANKS.items()}
-_SINTAX_FORBIDDEN = re.compile(r"[\s,;]+")
 _SINTAX_ITEM = re.compile(r"^([a-z]):(.+)\(([0-9.]+)\)$")
 
 
@@ -187,15 +177,10 @@ def lineage_down_to(lineage: Mapping[str, str | None], rank: str | None) -> dict
     return {name: str(lineage[name]) for name in ranks if lineage.get(name)}
 
 
-def sintax_name(name: str) -> str:
-    """A taxon name as SINTAX headers allow it: runs of whitespace, commas and semicolons become ``_``."""
-    return _SINTAX_FORBIDDEN.sub("_", name.strip())
-
-
 def sintax_header(identifier: str, lineage: Mapping[str, str | None]) -> str:
     """``ID;tax=k:...,p:...,c:...,o:...,f:...,g:...,s:Genus_species;`` from the lineage's labelled ranks (empty
-    ranks omitted; names through :func:`sintax_name`)."""
-    labelled = [(letter, lineage[name]) for letter, name in SINTAX_RANKS.items() if lineage.get(name)]
+    ranks omitted; names through :func:`barcodemae.formats.sintax_name`)."""
+    labelled = [(letter, lineage[name]) for name, letter in SINTAX_LETTERS.items() if lineage.get(name)]
     items = [f"{letter}:{sintax_name(str(name))}" for letter, name in labelled]
     return f"{identifier};tax={','.join(items)};"
 
@@ -226,10 +211,10 @@ def _sintax_taxa(text: str, with_confidence: bool) -> dict:
             if match is None:
                 raise ValueError(f"unreadable SINTAX prediction {item!r}")
             letter, name, confidence = match.groups()
-            taxa[SINTAX_RANKS.get(letter, letter)] = (name, float(confidence))
+            taxa[RANK_LETTERS.get(letter) or letter] = (name, float(confidence))
         else:
             letter, _, name = item.partition(":")
-            taxa[SINTAX_RANKS.get(letter, letter)] = name
+            taxa[RANK_LETTERS.get(letter) or letter] = name
     return taxa
 
 
@@ -257,7 +242,7 @@ def write_sintax_reference(
     with path.open("w", encoding="utf-8") as handle:
         for index, (sequence, lineage) in enumerate(zip(sequences, lineages)):
             handle.write(f">{sintax_header(f'r{index}', lineage)}\n{sequence}\n")
-            for rank in SINTAX_RANKS.values():
+            for rank in SINTAX_LETTERS:
                 if lineage.get(rank):
                     names.setdefault((rank, sintax_name(str(lineage[rank]))), str(lineage[rank]).strip())
     return names
@@ -272,10 +257,10 @@ def vsearch_sintax(
     seed: int = 1,
 ) -> list[SintaxPrediction | None]:
     """``vsearch --sintax`` of each query against references labelled by ``ref_lineages`` (rank name → taxon; the
-    ranks of :data:`SINTAX_RANKS`, empty ones omitted), ``--sintax_cutoff cutoff --randseed seed``. Taxon names in
-    the predictions are translated back to the names given. None for a query vsearch wrote no line for. Every
-    cut-off can be applied afterwards with :meth:`SintaxPrediction.committed`. Raises :class:`ToolNotFound`
-    when ``vsearch`` is not on PATH."""
+    ranks of :data:`barcodemae.formats.SINTAX_LETTERS`, empty ones omitted), ``--sintax_cutoff cutoff --randseed
+    seed``. Taxon names in the predictions are translated back to the names given. None for a query vsearch wrote
+    no line for. Every cut-off can be applied afterwards with :meth:`SintaxPrediction.committed`. Raises
+    :class:`ToolNotFound` when ``vsearch`` is not on PATH."""
     vsearch_executable()
     if len(query_seqs) == 0:
         return []

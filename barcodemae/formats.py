@@ -33,12 +33,22 @@ RANK_LETTERS = {
     "s": "species",
     "t": "",
 }
+SINTAX_LETTERS = {
+    "kingdom": "k",
+    "phylum": "p",
+    "class": "c",
+    "order": "o",
+    "family": "f",
+    "genus": "g",
+    "species": "s",
+}
 TAXONOMY_ID_COLUMNS = ("id", "processid", "seqid", "sequence_id")
 
 _PLAIN_ID = re.compile(r"[\s|]")
 _BOLD_HEADER = re.compile(r"[^\s|]+\|")
 _QIIME = re.compile(r"\s*[a-z]__")
 _TAXONOMY_STRING = re.compile(r"\s*(tax=)?[a-z](:|__)")
+_SINTAX_FORBIDDEN = re.compile(r"[\s,;]+")
 
 
 class DataError(ValueError):
@@ -199,6 +209,11 @@ def parse_taxonomy_string(text: str, where: str) -> dict[str, str]:
     return parse_sintax(text[4:] if text.startswith("tax=") else text, where)
 
 
+def sintax_name(name: str) -> str:
+    """A taxon name as a SINTAX taxonomy string allows it: runs of whitespace, commas and semicolons become ``_``."""
+    return _SINTAX_FORBIDDEN.sub("_", name.strip())
+
+
 def _ranks_of_letters(names: dict[str, str]) -> dict[str, str]:
     ranks = {}
     for letter, key in RANK_LETTERS.items():  # d before k, so k wins
@@ -294,6 +309,7 @@ __all__ = [
     "LABEL_KEYS",
     "NO_LABEL",
     "RANKS",
+    "SINTAX_LETTERS",
     "TABLE_DIALECTS",
     "TableDialect",
     "clean_label",
@@ -303,6 +319,7 @@ __all__ = [
     "parse_sintax",
     "parse_taxonomy_string",
     "read_taxonomy",
+    "sintax_name",
     "table_dialect",
     "taxon_ranks",
 ]

@@ -52,7 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from barcodemae.baselines import COMMIT_RANKS, lineage_down_to, write_fasta_sequences
+from barcodemae.assign import COMMIT_RANKS
+from barcodemae.baselines import lineage_down_to, write_fasta_sequences
 from barcodemae.evaluation import identification_score, label, species_differences
 from barcodemae.io import atomic_paths, atomic_text
 

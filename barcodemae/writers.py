@@ -23,18 +23,10 @@ from typing import TextIO
 import numpy as np
 
 from barcodemae.assign import OUTCOMES, cutoffs
+from barcodemae.formats import SINTAX_LETTERS, sintax_name
 
 OUTPUT_FORMATS = ("tsv", "sintax")
 ANSWER_RANKS = ("order", "family", "genus", "species", "dna_bin")  # the TSV's predicted_* columns
-SINTAX_LETTERS = {
-    "kingdom": "k",
-    "phylum": "p",
-    "class": "c",
-    "order": "o",
-    "family": "f",
-    "genus": "g",
-    "species": "s",
-}
 NEIGHBOR_RANKS = ("order", "family", "genus", "species", "dna_bin")
 
 
@@ -113,7 +105,7 @@ class SintaxWriter:
                 name = answers.labels[rank][row]
                 if not name:
                     break
-                taxon = f"{SINTAX_LETTERS[rank]}:{name.replace(' ', '_')}"
+                taxon = f"{SINTAX_LETTERS[rank]}:{sintax_name(name)}"
                 confidence = answers.confidences[rank][row]
                 full.append(f"{taxon}({confidence:.2f})")
                 if confidence >= self.cut.get(rank, self.cut["order"]):

@@ -43,9 +43,9 @@ from typing import Any
 
 import torch
 
+from barcodemae.assign import COMMIT_RANKS
 from barcodemae.baselines import (
     BOLD_IDENTITY_CUTS,
-    COMMIT_RANKS,
     bold_rank,
     lineage_down_to,
     vsearch_sintax,
