@@ -46,11 +46,11 @@ OUTCOMES = {
 }
 LEAVE_OUT = (None, "species", "genus", "family", "order")  # calibration scenarios (None: only the barcode itself)
 VOTE_NEIGHBORS = 10
-VOTE_TEMPERATURE = 0.005  # chosen on val: genus of unseen species per species as the top hit's (0.05: 2.6 lower)
+VOTE_TEMPERATURE = 0.005  # chosen on val: keeps the genus of unseen species per species at the top hit's level
 CALIBRATION_QUERIES = 3000
 PER_SPECIES = 2
-# per rank, chosen on the val open-set protocol (benchmarks/openset.py): the mean of the three groups' per-species
-# accuracy is flat (73.0-73.2) for species 0.3-0.7 and genus 0.3-0.5, and highest with family near 0.05
+# per rank, chosen on the val open-set protocol (benchmarks/openset.py reports them beside single cut-offs): the
+# three groups' mean changes little for species 0.3-0.7 and genus 0.3-0.5, and is highest with family near 0.05
 DEFAULT_MIN_CONFIDENCE = {"order": 0.05, "family": 0.05, "genus": 0.3, "species": 0.5}
 FEATURES = ("best_similarity", "vote_share", "margin")
 
@@ -78,17 +78,19 @@ class Taxonomy:
                 names, codes = names[1:], codes - 1
             self.names[level], self.codes[level] = names, codes
 
-    def name(self, level: str, code: int) -> str:
-        return str(self.names[level][code]) if code >= 0 else ""
+    def decode(self, level: str, codes: np.ndarray) -> list[str]:
+        """The label of each code at ``level`` (``""`` for -1)."""
+        return np.append(self.names[level], "")[codes].tolist()
 
 
-def vote(neighbors: np.ndarray, similarities: np.ndarray, taxonomy: Taxonomy, levels: Sequence[str] = LEVELS) -> Votes:
+def vote(neighbors: np.ndarray, similarities: np.ndarray, taxonomy: Taxonomy) -> Votes:
     """Top-down weighted votes of each row's neighbours (``(n, k)`` reference rows and cosine similarities)."""
     weights = np.exp((similarities - similarities[:, :1]) / VOTE_TEMPERATURE)
     agrees = np.ones(neighbors.shape, dtype=bool)
     codes_out: dict[str, np.ndarray] = {}
     features: dict[str, np.ndarray] = {}
-    for level in levels:
+    rows = np.arange(len(neighbors))
+    for level in LEVELS:
         if not len(taxonomy.names[level]):  # a rank the reference does not have
             continue
         labels = taxonomy.codes[level][neighbors]
@@ -96,7 +98,6 @@ def vote(neighbors: np.ndarray, similarities: np.ndarray, taxonomy: Taxonomy, le
         same = (labels[:, :, None] == labels[:, None, :]) & voting[:, None, :]
         score = np.where(voting, (same * weights[:, None, :]).sum(axis=2), -1.0)
         winner = score.argmax(axis=1)  # first maximum: the tie's nearest reference
-        rows = np.arange(len(neighbors))
         answered = voting[rows, winner]
         code = np.where(answered, labels[rows, winner], -1)
         carries = voting & (labels == code[:, None])

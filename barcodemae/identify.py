@@ -127,7 +127,7 @@ def answer(
         neighbors, cosine, identity = rerank_by_alignment(sequences, index.sequences, neighbors, cosine)
         scores = {"cosine_similarity": cosine, "alignment_identity": identity}
     taxonomy, empty = index.taxonomy, np.full(len(chunk), -1)
-    labels = {rank: [taxonomy.name(rank, code) for code in votes.codes.get(rank, empty)] for rank in LEVELS}
+    labels = {rank: taxonomy.decode(rank, votes.codes.get(rank, empty)) for rank in LEVELS}
     confidences = {rank: confidences.get(rank, np.zeros(len(chunk))) for rank in LEVELS}
     return Answers(
         ids=[record.record_id for record in chunk],

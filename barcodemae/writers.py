@@ -26,8 +26,7 @@ from barcodemae.assign import OUTCOMES, cutoffs
 from barcodemae.formats import SINTAX_LETTERS, sintax_name
 
 OUTPUT_FORMATS = ("tsv", "sintax")
-ANSWER_RANKS = ("order", "family", "genus", "species", "dna_bin")  # the TSV's predicted_* columns
-NEIGHBOR_RANKS = ("order", "family", "genus", "species", "dna_bin")
+RANK_COLUMNS = ("order", "family", "genus", "species", "dna_bin")  # the TSV's predicted_* and neighbour ranks
 
 
 def column_name(rank: str) -> str:
@@ -61,35 +60,41 @@ class Layout:
             columns += [f"predicted_{column_name(rank)}", f"{column_name(rank)}_confidence"]
         columns += [*self.score_names, "novel_species"]
         for position in range(1, self.top_k + 1):
-            names = ["id", *(column_name(rank) for rank in NEIGHBOR_RANKS if rank in self.ranks), *self.score_names]
+            names = ["id", *map(column_name, self.neighbor_ranks), *self.score_names]
             columns += [f"neighbor_{position}_{name}" for name in names]
         return columns
 
     @property
     def answer_ranks(self) -> list[str]:
-        return [rank for rank in ANSWER_RANKS if rank in self.ranks or rank != "dna_bin"]
+        """order..species always, the BIN where the reference has one."""
+        return [rank for rank in RANK_COLUMNS if rank != "dna_bin" or rank in self.ranks]
+
+    @property
+    def neighbor_ranks(self) -> list[str]:
+        """The ranks the reference has."""
+        return [rank for rank in RANK_COLUMNS if rank in self.ranks]
 
 
 class TsvWriter:
     def __init__(self, handle: TextIO, layout: Layout, reference_ids: list[str], reference_labels: dict) -> None:
-        self.layout, self.reference_ids, self.reference_labels = layout, reference_ids, reference_labels
+        self.reference_ids, self.score_names = reference_ids, layout.score_names
+        self.answer_ranks = layout.answer_ranks
+        self.neighbor_labels = [reference_labels[rank] for rank in layout.neighbor_ranks]
         self.writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         self.writer.writerow(layout.tsv_columns())
 
     def write(self, answers: Answers) -> None:
-        neighbor_ranks = [rank for rank in NEIGHBOR_RANKS if rank in self.layout.ranks]
         for row, query_id in enumerate(answers.ids):
             assigned = answers.assigned[row]
             line = [query_id, assigned, OUTCOMES[assigned]]
-            for rank in self.layout.answer_ranks:
+            for rank in self.answer_ranks:
                 line += [answers.labels[rank][row], f"{answers.confidences[rank][row]:.4f}"]
-            line += [f"{answers.scores[name][row, 0]:.6f}" for name in self.layout.score_names]
+            line += [f"{answers.scores[name][row, 0]:.6f}" for name in self.score_names]
             line.append("false" if assigned == "species" else "true")
-            for position, neighbor in enumerate(answers.neighbors[row]):
-                neighbor = int(neighbor)
+            for position, neighbor in enumerate(answers.neighbors[row].tolist()):
                 line.append(self.reference_ids[neighbor])
-                line += [self.reference_labels.get(rank, ())[neighbor] for rank in neighbor_ranks]
-                line += [f"{answers.scores[name][row, position]:.6f}" for name in self.layout.score_names]
+                line += [labels[neighbor] for labels in self.neighbor_labels]
+                line += [f"{answers.scores[name][row, position]:.6f}" for name in self.score_names]
             self.writer.writerow(line)
 
 

@@ -20,10 +20,10 @@ def test_votes_form_one_lineage_weighted_by_similarity():
     neighbors = np.array([[0, 2, 3], [4, 0, 1]])
     sims = np.array([[0.900, 0.899, 0.899], [0.95, 0.40, 0.39]])
     votes = vote(neighbors, sims, taxonomy)
-    name = taxonomy.name
-    assert [name("family", c) for c in votes.codes["family"]] == ["F2", "F3"]
-    assert [name("genus", c) for c in votes.codes["genus"]] == ["G2", "G3"]  # reference 3 has no genus: no vote
-    assert [name("species", c) for c in votes.codes["species"]] == ["G2 a", "G3 a"]
+    assert taxonomy.decode("family", votes.codes["family"]) == ["F2", "F3"]
+    assert taxonomy.decode("genus", votes.codes["genus"]) == ["G2", "G3"]  # reference 3 has no genus: no vote
+    assert taxonomy.decode("species", votes.codes["species"]) == ["G2 a", "G3 a"]
+    assert taxonomy.decode("kingdom", np.array([-1, -1])) == ["", ""]
     best, share, margin = votes.features["family"][0]
     assert best == np.float64(0.899) and 0.5 < share < 1 and margin == np.float64(0.899 - 0.900)
     assert "kingdom" not in votes.codes  # a rank the reference does not have: no answer
