@@ -16,12 +16,12 @@ whose model is fitted on the reference at build time too.
 
 A reference **index** (:class:`ReferenceIndex`) is a folder with ``embeddings.safetensors`` (tensor
 ``"embeddings"``, ``(R, hidden)`` float32), ``index.json`` (format, model path and fingerprint, reference file,
-search method, ids, the labels of every rank in :data:`INDEX_RANKS` the reference has, the thresholds, the
-confidence model and how they were calibrated), ``sequences.txt`` (the cleaned reference barcodes, one a line, for
-``--rerank align``) and, for approximate search, ``ann.faiss`` (the faiss index), so a large reference is embedded
-and indexed once. Loading maps the embeddings and the faiss index into memory read-only instead of reading them
-(:func:`map_embeddings`): a 1M-reference folder opens in a fraction of a second and only the parts a search touches
-are read from disk.
+search method, ids, the labels of every rank and BIN of :data:`barcodemae.formats.LABEL_KEYS` the reference has,
+the thresholds, the confidence model and how they were calibrated), ``sequences.txt`` (the cleaned reference
+barcodes, one a line, for ``--rerank align``) and, for approximate search, ``ann.faiss`` (the faiss index), so a
+large reference is embedded and indexed once. Loading maps the embeddings and the faiss index into memory
+read-only instead of reading them (:func:`map_embeddings`): a 1M-reference folder opens in a fraction of a second
+and only the parts a search touches are read from disk.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import numpy as np
 from barcodemae.assign import ConfidenceModel, Taxonomy, fit_confidence
 from barcodemae.data import CleaningReport
 from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records, model_fingerprint
+from barcodemae.formats import LABEL_KEYS
 from barcodemae.io import atomic_folder
 from barcodemae.search import AnnIndex, CosineIndex, Searcher, resolve_method
 
@@ -48,7 +49,6 @@ INDEX_FILE = "index.json"
 INDEX_EMBEDDINGS = "embeddings.safetensors"
 INDEX_SEQUENCES = "sequences.txt"
 INDEX_ANN = "ann.faiss"
-INDEX_RANKS = ("kingdom", "phylum", "class", "order", "family", "subfamily", "genus", "species", "dna_bin")
 GENUS_MIN_QUERIES = 10
 MIN_CALIBRATION_SPECIES = 100
 
@@ -151,7 +151,7 @@ class ReferenceIndex:
 
     embeddings: np.ndarray
     ids: list[str]
-    labels: dict[str, list[str]]  # rank (of INDEX_RANKS) -> one label per reference ("" unknown)
+    labels: dict[str, list[str]]  # rank (of LABEL_KEYS) -> one label per reference ("" unknown)
     model: str
     threshold: float
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -309,7 +309,7 @@ def build_index(
     resolve_method(search, 0)  # a bad method, or "ann" without faiss, is refused before the reference is embedded
     report = CleaningReport()
     ids: list[str] = []
-    labels: dict[str, list[str]] = {rank: [] for rank in INDEX_RANKS}
+    labels: dict[str, list[str]] = {rank: [] for rank in LABEL_KEYS}
     sequences: list[str] = []
     parts: list[np.ndarray] = []
     records = iter_records(reference_path, embedder, report, strict, taxonomy=taxonomy)
