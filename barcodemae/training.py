@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from barcodemae.embedding import Embedder, default_model_path
-from barcodemae.evaluation import IdentificationScore, identification_score, prepare_protocol
+from barcodemae.evaluation import IdentificationScore, identification_score, load_records, prepare_protocol
 from barcodemae.search import nearest_neighbors
 
 logger = logging.getLogger("barcodemae.training")
@@ -53,7 +53,6 @@ RANKS = ("order", "family", "genus", "species")  # coarse to fine; an objective'
 LABEL_SPLITS = ("train", "val")  # seen species only: labels of unseen-species rows would leak into the evaluation
 NOVEL_GENUS = "novel_genus"  # the split of genera held out whole (tables without partitions)
 IGNORE_INDEX = -100  # a row's class at a rank it has no label for: left out of that rank's cross-entropy
-RECORD_COLUMNS = ("order", "family", "genus", "species", "dna_bin", "split")
 
 
 @dataclass(frozen=True)
@@ -338,18 +337,6 @@ def _text(value) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def load_taxonomy_records(path: str) -> tuple[list[dict], dict]:
-    """`barcodemae.evaluation.load_records`' records with the ``order`` and ``family`` columns the ranks need."""
-    from barcodemae.data import read_barcodes
-
-    raw, report = read_barcodes(path)
-    records = [
-        {"processid": r.record_id, "dna_barcode": r.sequence, **{c: r.metadata.get(c) for c in RECORD_COLUMNS}}
-        for r in raw
-    ]
-    return records, {"n_records": report.n_records, "n_kept": report.n_kept, "skipped": dict(report.skipped)}
-
-
 def novel_genera(records: list[dict], fraction: float, seed: int) -> list[str]:
     """``round(fraction x n)`` of the n genera of families with >= 2 genera, drawn with ``seed``, skipping a genus
     whose family would be left without a seen genus."""
@@ -590,7 +577,7 @@ def run_finetune(argv: Sequence[str]) -> Path:
         return Path(training_args.output_dir)
     started = time.time()
     set_seed(training_args.seed)
-    records, cleaning = load_taxonomy_records(args.data[0]) if len(args.data) == 1 else _load_many(args.data)
+    records, cleaning = load_records(args.data[0]) if len(args.data) == 1 else _load_many(args.data)
     data = build_datasets(records, args, training_args.seed)
     objective = Objective.parse(args.objective)
     model = load_classifier(args, data.label_names)
@@ -693,7 +680,7 @@ def training_record(info: dict, args: FinetuneArguments) -> str:
 def _load_many(paths: Sequence[str]) -> tuple[list[dict], dict]:
     records, cleaning = [], {}
     for path in paths:
-        part, summary = load_taxonomy_records(path)
+        part, summary = load_records(path)
         records.extend(part)
         cleaning[path] = summary
     return records, cleaning
