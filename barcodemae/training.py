@@ -445,7 +445,11 @@ def probe_sets(records: list[dict], args: FinetuneArguments, seed: int) -> tuple
     # the protocol's seen-species queries go unused: asking for the probe's split twice spares requiring `val`
     protocol = prepare_protocol(records, seen_split=args.probe_split, unseen_split=args.probe_split)
     references = protocol.train.subsample(args.probe_references, seed)
-    family_of = {_text(r.get("genus")): _text(r.get("family")) for r in records if _text(r.get("family"))}
+    family_of = {  # from `train` rows only: an unseen partition's labels never label a reference
+        _text(r.get("genus")): _text(r.get("family"))
+        for r in records
+        if r.get("split") == "train" and _text(r.get("family"))
+    }
     probe_refs = {"dna_barcode": references.sequences, "genus": references.genus}
     probe_refs["family"] = [family_of.get(genus) for genus in references.genus]
     probe_queries = {name: getattr(protocol.unseen, name) for name in ("sequences", "genus", "species")}

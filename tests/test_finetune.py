@@ -21,6 +21,7 @@ from barcodemae.training import (
     check_arguments,
     coarser_rank_losses,
     hold_out,
+    probe_sets,
     supervised_contrastive_loss,
 )
 from modeling_barcodemae import BarcodeMAEModel
@@ -281,3 +282,16 @@ def test_family_and_genus_objective_trains_a_head_per_rank(tmp_path, finetune_in
     assert not any(
         name.startswith("rank_classifiers") for name in load_file(tmp_path / "run" / "encoder" / "model.safetensors")
     )
+
+
+def test_probe_references_take_their_family_from_train_rows_only():
+    records = simulate.with_splits(_simulated_tree(), seed=0)
+    unseen_genera = {r["genus"] for r in records if r["split"] == "val_unseen"}
+    for record in records:  # the genera of unseen species lose their family in train: only val_unseen still has it
+        if record["split"] != "val_unseen" and record["genus"] in unseen_genera:
+            record["family"] = ""
+    args = FinetuneArguments(data=["x.tsv"], probe_references=10_000)
+    references, _, _ = probe_sets(records, args, seed=0)
+    families = dict(zip(references["genus"], references["family"]))
+    assert unseen_genera <= set(families)
+    assert all(families[genus] in ("", None) for genus in unseen_genera)
