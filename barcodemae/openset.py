@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from barcodemae.assign import COMMIT_RANKS
+from barcodemae.assign import COMMIT_RANKS, cutoffs
 from barcodemae.baselines import lineage_down_to, write_fasta_sequences
 from barcodemae.evaluation import identification_score, label, species_differences
 from barcodemae.io import atomic_paths, atomic_text
@@ -315,9 +315,9 @@ class RankedAnswer:
         return lineage_down_to(self.predicted, self.assigned_rank or None)
 
     def at_cutoff(self, cutoff: float | Mapping[str, float]) -> dict[str, str]:
-        """The answer at another cut-off (one for every rank, or rank → cut-off): down to the deepest predicted
-        rank whose confidence reaches its cut-off."""
-        limit = cutoff if isinstance(cutoff, Mapping) else dict.fromkeys(COMMIT_RANKS, cutoff)
+        """The answer at another cut-off (one for every rank, or rank → cut-off as :func:`barcodemae.assign.cutoffs`
+        reads it): down to the deepest predicted rank whose confidence reaches its cut-off."""
+        limit = cutoffs(cutoff)
         reached = [r for r in COMMIT_RANKS if r in self.predicted and self.confidence[r] >= limit[r]]
         return lineage_down_to(self.predicted, reached[-1] if reached else None)
 
