@@ -65,6 +65,13 @@ CONFIDENCE_COLUMNS = tuple(f"{rank}_confidence" for rank in COMMIT_RANKS)
 PREDICTED_COLUMNS = tuple(f"predicted_{rank}" for rank in COMMIT_RANKS)
 RANKED_COLUMNS = ("query_id", "assigned_rank", *PREDICTED_COLUMNS, *CONFIDENCE_COLUMNS)
 DEFAULT_CUTOFFS = tuple(round(value, 2) for value in np.arange(0.0, 1.0001, 0.05))
+# per-rank cut-offs tried for identify's defaults (order fixed at its default)
+RANK_CUTOFF_GRID = tuple(
+    {"order": 0.05, "family": family, "genus": genus, "species": species}
+    for species in (0.3, 0.5, 0.7)
+    for genus in (0.1, 0.2, 0.3, 0.5)
+    for family in (0.05, 0.1, 0.2, 0.3)
+)
 Answer = Mapping[str, str]
 
 
@@ -289,13 +296,17 @@ def per_species_correct(answers: Mapping[str, Answer], queries: Sequence[Query])
 
 
 def sweep_cutoffs(
-    answers_at: Callable[[float], Mapping[str, Answer]],
+    answers_at: Callable[[Any], Mapping[str, Answer]],
     queries: Sequence[Query],
-    cutoffs: Sequence[float] = DEFAULT_CUTOFFS,
+    candidates: Sequence[float | Mapping[str, float]] = DEFAULT_CUTOFFS,
 ) -> dict[str, Any]:
-    """:func:`per_species_correct` at each cut-off (``answers_at(cutoff)`` gives the answers) and the cut-off of
-    the highest three-group mean (the first on ties). Chosen on the queries it is scored on: optimistic."""
-    points = [{"cutoff": float(c), **per_species_correct(answers_at(c), queries)} for c in cutoffs]
+    """:func:`per_species_correct` at each candidate cut-off (one for every rank, or rank → cut-off, recorded with
+    the defaults of the ranks it leaves out; ``answers_at(cutoff)`` gives the answers) and the cut-off of the
+    highest three-group mean (the first on ties). Chosen on the queries it is scored on: optimistic."""
+    points = [
+        {"cutoff": cutoffs(c) if isinstance(c, Mapping) else float(c), **per_species_correct(answers_at(c), queries)}
+        for c in candidates
+    ]
     best = max(points, key=lambda point: -1.0 if point["mean"] is None else point["mean"])
     return {"points": points, "best_cutoff": best["cutoff"]}
 

@@ -56,6 +56,7 @@ from barcodemae.evaluation import load_records
 from barcodemae.io import atomic_text
 from barcodemae.openset import (
     GROUPS,
+    RANK_CUTOFF_GRID,
     OpenSetSplit,
     build_openset,
     read_ranked_predictions,
@@ -122,7 +123,11 @@ def run_ours(
     if completed.returncode != 0:
         raise RuntimeError(f"identify exited {completed.returncode}: {completed.stderr.strip()[-2000:]}")
     ranked = read_ranked_predictions(output)
-    sweep = sweep_cutoffs(lambda c: {q: a.at_cutoff(c) for q, a in ranked.items()}, split.queries)
+
+    def answers_at(cutoff: Any) -> dict[str, dict[str, str]]:
+        return {query: answer.at_cutoff(cutoff) for query, answer in ranked.items()}
+
+    sweep = sweep_cutoffs(answers_at, split.queries)
     best = sweep["best_cutoff"]
     own = f"--min-confidence {args.min_confidence}" if args.min_confidence is not None else "its own cut-off"
     name = f"ours ({Path(model or default_model_path()).name})"
@@ -130,6 +135,7 @@ def run_ours(
         **timing,
         "how": shlex.join(["barcodemae", *command[3:]]),
         "sweep": sweep,
+        "rank_sweep": sweep_cutoffs(answers_at, split.queries, RANK_CUTOFF_GRID),
         "rows": {
             f"{name}, {own}": score_answers({q: a.committed() for q, a in ranked.items()}, split.queries, args.seed),
             f"{name}, best cut-off on val ({best})": score_answers(
@@ -290,6 +296,25 @@ def sweep_table(results: Mapping[str, dict]) -> str:
     return format_table(rows, ["cut-off", *swept])
 
 
+def rank_sweep_table(results: Mapping[str, dict], best: int = 5) -> str:
+    """The per-rank cut-offs of the highest three-group means, per model of ours."""
+    rows = []
+    for key, method in results.items():
+        points = sorted(method.get("rank_sweep", {}).get("points", []), key=lambda p: -(p["mean"] or -1.0))
+        for point in points[:best]:
+            cut = point["cutoff"]
+            rows.append(
+                {
+                    "run": key,
+                    "species / genus / family": f"{cut['species']:g} / {cut['genus']:g} / {cut['family']:g}",
+                    **{g.replace("_", " "): f"{point[g]:.1f}" for g in GROUPS},
+                    "mean": f"{point['mean']:.1f}",
+                }
+            )
+    columns = ["run", "species / genus / family", *(g.replace("_", " ") for g in GROUPS), "mean"]
+    return format_table(rows, columns) if rows else ""
+
+
 def markdown(payload: Mapping[str, Any]) -> str:
     protocol, machine, results = payload["protocol"], payload["machine"], payload["results"]
     scored, species = protocol["scored_queries"], protocol["scored_species"]
@@ -333,6 +358,13 @@ def markdown(payload: Mapping[str, Any]) -> str:
     ]
     if sweep := sweep_table(results):
         lines += ["", "## Three-group mean of per-species correct against the cut-off", "", sweep]
+    if ranked := rank_sweep_table(results):
+        lines += [
+            "",
+            "## Per-rank cut-offs with the highest three-group means (order 0.05; how identify's defaults are chosen)",
+            "",
+            ranked,
+        ]
     if errors:
         lines += ["", "## Methods not run", "", *errors]
     lines += ["", "## How each method ran", ""]

@@ -382,6 +382,14 @@ def test_cutoff_sweep_finds_the_best_cutoff(write_text):
         pytest.approx(100 / 3, abs=0.01),
     ]
     assert sweep["best_cutoff"] == 0.5
+    per_rank = [{"species": 0.2, "genus": 0.5}, {"species": 0.5, "genus": 0.5}, {"species": 0.5, "genus": 0.7}]
+    sweep = sweep_cutoffs(lambda c: {q: a.at_cutoff(c) for q, a in ranked.items()}, queries, per_rank)
+    assert [point["mean"] for point in sweep["points"]] == [
+        pytest.approx(100 / 3, abs=0.01),  # q1 commits to a species: over-classified
+        pytest.approx(200 / 3, abs=0.01),
+        pytest.approx(100 / 3, abs=0.01),  # q1 stops at the family
+    ]
+    assert sweep["best_cutoff"] == {"order": 0.05, "family": 0.05, "genus": 0.5, "species": 0.5}
 
 
 # ------------------------------------------------------------------------------------------- driver
