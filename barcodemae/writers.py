@@ -120,34 +120,26 @@ class SintaxWriter:
 
 @dataclass
 class OutcomeSummary:
-    """Queries per outcome, overall and per predicted order, for the one-screen summary."""
+    """Queries per outcome and predicted order (``(none)``: unassigned or no order), for the one-screen summary."""
 
-    counts: Counter = field(default_factory=Counter)
+    per_order: dict[str, Counter] = field(default_factory=dict)
 
     def add(self, answers: Answers) -> None:
         orders = answers.labels.get("order", [""] * len(answers.ids))
         for order, assigned in zip(orders, answers.assigned):
-            self.counts[(order if assigned else "", OUTCOMES[assigned])] += 1
+            self.per_order.setdefault((assigned and order) or "(none)", Counter())[OUTCOMES[assigned]] += 1
 
     def format(self, max_orders: int = 12) -> str:
         """A table: one row per predicted order (the largest first, the rest pooled), one column per outcome."""
-        outcomes = list(OUTCOMES.values())
-        per_order: dict[str, Counter] = {}
-        for (order, outcome), count in self.counts.items():
-            per_order.setdefault(order or "(none)", Counter())[outcome] += count
-        ordered = sorted(per_order.items(), key=lambda item: -sum(item[1].values()))
+        ordered = sorted(self.per_order.items(), key=lambda item: -item[1].total())
         if len(ordered) > max_orders:
-            rest = Counter()
-            for _, counter in ordered[max_orders - 1 :]:
-                rest.update(counter)
+            rest = sum((counter for _, counter in ordered[max_orders - 1 :]), Counter())
             ordered = [*ordered[: max_orders - 1], (f"({len(ordered) - max_orders + 1} other orders)", rest)]
-        total = Counter()
-        for _, counter in ordered:
-            total.update(counter)
-        width = max(len("all queries"), *(len(order) for order, _ in ordered))
+        rows = [*ordered, ("all queries", sum((counter for _, counter in ordered), Counter()))]
+        outcomes = list(OUTCOMES.values())
+        width = max(len(name) for name, _ in rows)
         lines = [f"{'order':<{width}}  " + "  ".join(f"{name:>13}" for name in outcomes)]
-        for order, counter in [*ordered, ("all queries", total)]:
-            lines.append(f"{order:<{width}}  " + "  ".join(f"{counter[name]:>13}" for name in outcomes))
+        lines += [f"{name:<{width}}  " + "  ".join(f"{counter[o]:>13}" for o in outcomes) for name, counter in rows]
         return "\n".join(lines)
 
 
