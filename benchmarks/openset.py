@@ -130,7 +130,7 @@ def run_ours(
     sweep = sweep_cutoffs(answers_at, split.queries)
     best = sweep["best_cutoff"]
     own = f"--min-confidence {args.min_confidence}" if args.min_confidence is not None else "its own cut-off"
-    name = f"ours ({Path(model or default_model_path()).name})"
+    name = f"ours ({model or Path(default_model_path()).name})"
     return {
         **timing,
         "how": shlex.join(["barcodemae", *command[3:]]),
