@@ -53,6 +53,7 @@ PER_SPECIES = 2
 # three groups' mean changes little for species 0.3-0.7 and genus 0.3-0.5, and is highest with family near 0.05
 DEFAULT_MIN_CONFIDENCE = {"order": 0.05, "family": 0.05, "genus": 0.3, "species": 0.5}
 FEATURES = ("best_similarity", "vote_share", "margin")
+BLOCK_SIMILARITIES = 1 << 23  # per block of calibration rows: 32 MiB of float32 similarities
 
 
 @dataclass
@@ -193,13 +194,15 @@ def calibration_rows(taxonomy: Taxonomy, max_queries: int = CALIBRATION_QUERIES,
 
 
 def leave_out_neighbors(
-    embeddings: np.ndarray, taxonomy: Taxonomy, rows: np.ndarray, leave_out: str | None, k: int, chunk: int = 256
+    embeddings: np.ndarray, taxonomy: Taxonomy, rows: np.ndarray, leave_out: str | None, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest references of each of ``rows`` with the row itself, or every reference sharing its
-    ``leave_out`` label, removed (exact cosine similarity; ``embeddings`` is not copied)."""
+    ``leave_out`` label, removed (exact cosine similarity; ``embeddings`` is not copied; blocks of rows hold at most
+    :data:`BLOCK_SIMILARITIES` similarities, so memory stays flat as the reference grows)."""
     inverse_norms = 1.0 / np.maximum(np.linalg.norm(embeddings, axis=1), 1e-12).astype(np.float32)
     neighbors = np.zeros((len(rows), k), dtype=np.int64)
     similarities = np.zeros((len(rows), k), dtype=np.float32)
+    chunk = max(1, min(256, BLOCK_SIMILARITIES // max(len(embeddings), 1)))
     for start in range(0, len(rows), chunk):
         block = rows[start : start + chunk]
         queries = np.asarray(embeddings[block], dtype=np.float32) * inverse_norms[block, None]

@@ -1,4 +1,4 @@
-"""The ``barcodemae`` command: embed, identify, finetune, evaluate, export, card, push.
+"""The ``barcodemae`` command: embed, identify, serve, finetune, evaluate, export, convert, card, push.
 
 Thin layer: parse the arguments, call ``barcodemae.identify`` / ``barcodemae.hub`` / ``barcodemae.evaluation``,
 report. Errors in the input or output (``DataError``, missing files, bad values) print one line
@@ -30,7 +30,7 @@ def _add_model_options(parser: argparse.ArgumentParser, default_help: str = "the
     group.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
     group.add_argument("--chunk-size", type=int, default=4096, help="barcodes read and written per chunk")
     group.add_argument("--strict", action="store_true", help="stop at the first record that would be skipped")
-    group.add_argument("--quiet", action="store_true", help="no progress bar")
+    group.add_argument("--quiet", action="store_true", help="no progress bars or summaries: errors and warnings only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--search",
         choices=("exact", "ann", "auto"),
         help="cosine search: exact, approximate (faiss, pip install 'barcodemae[ann]') or auto (approximate from "
-        "100,000 references); default: auto, or what a loaded --index was saved with",
+        "5,000 distinct reference barcodes); default: auto, or what a loaded --index was saved with",
     )
     identify.add_argument(
         "--rerank",
@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument("--candidates", type=int, default=10, help="neighbours re-ranked by --rerank (default: 10)")
     _add_model_options(identify, "the index's model, else the shipped encoder")
     identify.set_defaults(handler=_identify)
+
+    serve = commands.add_parser("serve", help="the identification web page (pip install 'barcodemae[app]')")
+    served = serve.add_mutually_exclusive_group(required=True)
+    served.add_argument("--reference", help="labelled reference file, embedded at start-up (as identify reads it)")
+    served.add_argument("--index", help="reference index folder written by identify --save-index")
+    serve.add_argument("--model", help="encoder folder (default: the index's model, else the shipped encoder)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    serve.set_defaults(handler=_serve)
 
     commands.add_parser(
         "finetune", help="taxonomy-aware training of an encoder (Trainer flags: barcodemae finetune --help)"
@@ -142,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_card_options(export)
     export.set_defaults(handler=_export)
 
+    convert = commands.add_parser(
+        "convert", help="the authors' checkpoint (.pt) or a BERT k-mer model folder → encoder Hub folder + model card"
+    )
+    convert.add_argument("source", help="checkpoint of the BarcodeMAE/BarcodeBERT authors' code, or a BERT folder")
+    convert.add_argument("out", help="new folder to write")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    convert.add_argument(
+        "--max-length", type=int, default=660, help="bases read per barcode, for a folder (default: 660)"
+    )
+    convert.set_defaults(handler=_convert)
+
     card = commands.add_parser("card", help="(re)write README.md (model card) in an exported folder")
     card.add_argument("folder")
     _add_card_options(card)
@@ -168,19 +188,17 @@ def _add_card_options(parser: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------------------- handlers
 def _embedder(args: argparse.Namespace, model_path: str):
-    import torch
-
-    from barcodemae.embedding import Embedder, load_encoder
+    from barcodemae.embedding import load_embedder
 
     if args.threads:
         from barcodemae.search import set_threads
 
-        torch.set_num_threads(args.threads)
         set_threads(args.threads)
     if (args.batch_size is not None and args.batch_size < 1) or args.chunk_size < 1:
         raise ValueError("--batch-size and --chunk-size must be at least 1")
-    model, tokenizer = load_encoder(model_path, args.device)
-    return Embedder(model, tokenizer, batch_size=args.batch_size, precision=args.precision)
+    return load_embedder(
+        model_path, args.device, batch_size=args.batch_size, precision=args.precision, progress=not args.quiet
+    )
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -265,6 +283,15 @@ def _run_identify(args: argparse.Namespace) -> None:
             print(f"wrote {report.n_kept} answers to {args.output}\n{summary.format()}", file=sys.stderr)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from barcodemae.app import launch, load_identifier, require_gradio
+
+    require_gradio()
+    identifier = load_identifier(reference=args.reference, index=args.index, model=args.model)
+    print(f"barcodemae: serving on http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr)
+    launch(identifier, args.host, args.port)
+
+
 def _build_reference(args: argparse.Namespace, embedder, model_path: str, taxonomy):
     from barcodemae.identify import print_report
     from barcodemae.reference import build_index
@@ -332,6 +359,14 @@ def _export(args: argparse.Namespace) -> None:
         readout=args.readout,
         **_card_kwargs(args),
     )
+    print(f"wrote {out} (loads as {check_loadable(out)})", file=sys.stderr)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from barcodemae.convert import convert
+    from barcodemae.hub import check_loadable
+
+    out = convert(args.source, args.out, max_length=args.max_length, overwrite=args.overwrite)
     print(f"wrote {out} (loads as {check_loadable(out)})", file=sys.stderr)
 
 

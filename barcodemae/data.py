@@ -93,7 +93,7 @@ from barcodemae.formats import (
     parse_fasta_header,
     table_dialect,
 )
-from tokenization_barcodemae import normalize_barcode
+from barcodemae.kmers import normalize_barcode  # the tokenizer's rules, without importing transformers
 
 if TYPE_CHECKING:
     import datasets

@@ -7,23 +7,33 @@ restore the input order) so that little compute is spent on padding; long inputs
 memory stays bounded. Files (FASTA or BIOSCAN / BOLD tables) are read with `barcodemae.data.iter_barcodes`, cleaned
 to the model's own limits, and embedded in chunks (:func:`embed_chunks`, :func:`embed_file`); :func:`cached_embeddings`
 keeps embeddings of fixed sets (evaluation protocols) on disk, keyed by the model's weights and the sequences.
+
+**A bag readout without the model** (:class:`KmerBagEmbedder`, chosen by :func:`load_embedder` for a BarcodeMAE
+folder with ``readout="kmer_bag"`` on the CPU): the embedding is the mean of the token embeddings of the barcode's
+overlapping k-mers, so only the ``token_embeddings.weight`` tensor of ``model.safetensors`` is read and the
+embedding is k-mer counts times that table (:mod:`barcodemae.kmers`, numpy): neither torch nor transformers is
+imported, and the result equals `AutoModel`'s ``pooler_output`` (tested). torch, transformers and tqdm are imported
+only by the functions that use them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer
 
 from barcodemae.data import BarcodeRecord, CleaningReport, detect_format, iter_barcodes
 from barcodemae.io import check_output_path, embedding_outputs, open_embeddings
+from barcodemae.kmers import kmer_bag, kmer_bag_counts
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "barcodemae-small-genus"
 
@@ -34,16 +44,29 @@ def default_model_path() -> str:
 
 
 def pick_device(device: str | None = None) -> torch.device:
+    import torch
+
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def load_encoder(path: str | os.PathLike | None = None, device: str | None = None):
-    """Load ``(model, tokenizer)`` from a local folder (offline-safe: ``local_files_only`` for folders)."""
+def load_encoder(path: str | os.PathLike | None = None, device: str | None = None, progress: bool = True):
+    """Load ``(model, tokenizer)`` from a local folder (offline-safe: ``local_files_only`` for folders); without
+    ``progress`` no "Loading weights" bar is shown."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     path = str(path or default_model_path())
     if not Path(path).is_dir():
         raise FileNotFoundError(f"Model folder not found: {path}")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, local_files_only=True)
-    model = AutoModel.from_pretrained(path, trust_remote_code=True, local_files_only=True)
+    bar = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(path, trust_remote_code=True, local_files_only=True)
+    finally:
+        if bar and not progress:
+            hf_logging.enable_progress_bar()
     return model.to(pick_device(device)).eval(), tokenizer
 
 
@@ -115,6 +138,8 @@ def corrupt_tokens(
     """Inference-time corruption (the paper's Fig. 3): ``floor(rate * n)`` of each row's ``n`` non-special tokens are
     replaced by ``[MASK]`` (``mode="masking"``) or removed (``mode="deletion"``; the remaining tokens keep their
     original position ids). Returns ``(input_ids, attention_mask, position_ids or None)``."""
+    import torch
+
     maskable = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(special_ids)))
     noise = torch.rand(input_ids.shape, generator=generator)
     noise = torch.where(maskable, noise, 2.0)
@@ -147,6 +172,8 @@ class Embedder:
     def __init__(
         self, model, tokenizer, batch_size: int | None = None, precision: str = "auto", sort_by_length: bool = True
     ):
+        import torch
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.sort_by_length = sort_by_length
@@ -156,6 +183,31 @@ class Embedder:
         use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.hidden_size = getattr(model.config, "embedding_size", model.config.hidden_size)
+        self._fingerprint: str | None = None
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        """``(max_length in bases, k_mer)`` the model's tokenizer reads; records are cleaned to these."""
+        tokenizer, config = self.tokenizer, self.model.config
+        k_mer = int(getattr(tokenizer, "k_mer", None) or getattr(config, "k_mer", 1))
+        max_length = int(tokenizer.model_max_length) * k_mer
+        return min(max_length, int(getattr(config, "max_length", max_length))), k_mer
+
+    def fingerprint(self) -> str:
+        """What decides the embeddings, hashed (16 hex digits): for a BarcodeMAE bag readout the k-mer rules and the
+        token embedding table (:func:`bag_fingerprint`, the same as :class:`KmerBagEmbedder`'s), otherwise
+        :func:`model_fingerprint` (config and every weight)."""
+        if self._fingerprint is None:
+            config = self.model.config
+            if getattr(config, "model_type", None) == "barcodemae" and getattr(config, "readout", None) == "kmer_bag":
+                weight = self.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+                rules = bag_rules(
+                    config.k_mer, self.tokenizer.model_max_length, config.max_length, config.first_kmer_id
+                )
+                self._fingerprint = bag_fingerprint(rules, weight)
+            else:
+                self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | None = None, **kwargs) -> Embedder:
@@ -170,6 +222,9 @@ class Embedder:
         seed: int = 0,
         progress: bool = False,
     ) -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
         if masking_rate and deletion_rate:
             raise ValueError("Use masking_rate or deletion_rate, not both.")
         order = np.argsort([-len(s) for s in sequences], kind="stable") if self.sort_by_length else None
@@ -193,8 +248,15 @@ class Embedder:
             return self.tokenizer.encode_barcodes(batch)
         return self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
 
-    @torch.inference_mode()
     def _embed_batch(self, batch: list[str], rate: float, mode: str, generator: torch.Generator) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._embed_batch_inference(batch, rate, mode, generator)
+
+    def _embed_batch_inference(self, batch: list[str], rate: float, mode: str, generator) -> np.ndarray:
+        import torch
+
         encoded = self._tokenize(batch)
         input_ids, attention_mask, position_ids = encoded["input_ids"], encoded["attention_mask"], None
         if rate > 0:
@@ -226,16 +288,116 @@ class Embedder:
         return self.model.barcode_embedding(**inputs)
 
 
+# ------------------------------------------------------------------------------------------- bag readout
+BAG_WEIGHT = "token_embeddings.weight"
+FIRST_KMER_ID = 5  # [PAD] [UNK] [CLS] [SEP] [MASK], then the k-mers (tokenization_barcodemae)
+
+
+def bag_rules(k_mer: int, max_tokens: int, max_length: int, first_kmer_id: int) -> dict[str, int]:
+    """The numbers that, with the token embedding table, decide a bag readout's embeddings."""
+    return {"k_mer": int(k_mer), "max_tokens": int(max_tokens), "max_length": int(max_length), "first": first_kmer_id}
+
+
+def bag_fingerprint(rules: Mapping[str, int], weight: np.ndarray) -> str:
+    """16 hex digits of SHA-256 over a bag readout's rules and its float32 token embedding table."""
+    digest = hashlib.sha256(json.dumps({"readout": "kmer_bag", **rules}, sort_keys=True).encode())
+    digest.update(str(weight.shape).encode())
+    digest.update(np.ascontiguousarray(weight, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class KmerBagEmbedder:
+    """``embed(sequences) -> (N, hidden)`` for a BarcodeMAE folder with ``readout="kmer_bag"``, from its config,
+    tokenizer config and token embedding table alone (module docstring); :class:`Embedder`'s interface for
+    `identify`, `embed` and the reference index (no corrupted inputs)."""
+
+    BATCH = 512  # barcodes per counts matrix (512 x vocabulary float32: 8 MiB for k = 6)
+
+    def __init__(self, weight: np.ndarray, k_mer: int, max_tokens: int, max_length: int, first_kmer_id: int):
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
+        self.rules = bag_rules(k_mer, max_tokens, max_length, first_kmer_id)
+        self.hidden_size = self.weight.shape[1]
+        self.limits = (min(max_tokens * k_mer, max_length), k_mer)
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike) -> KmerBagEmbedder | None:
+        """The bag embedder of a model folder, or None when the folder is not a BarcodeMAE bag readout with its
+        k-mer tokenizer (then the whole model is needed: :func:`load_encoder`)."""
+        folder = Path(path)
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            tokenizer = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        k_mer = config.get("k_mer")
+        bag = config.get("model_type") == "barcodemae" and config.get("readout") == "kmer_bag"
+        if not bag or tokenizer.get("tokenizer_class") != "BarcodeMAETokenizer" or tokenizer.get("k_mer") != k_mer:
+            return None
+        if not (folder / "model.safetensors").is_file() or config.get("unk_token_id", 1) != 1 or not k_mer:
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="np") as tensors:
+            if BAG_WEIGHT not in set(tensors.keys()):
+                return None
+            weight = tensors.get_tensor(BAG_WEIGHT)
+        if weight.ndim != 2 or len(weight) != FIRST_KMER_ID + 4**k_mer:
+            return None
+        max_tokens = int(tokenizer.get("model_max_length") or config.get("max_length", 660) // k_mer)
+        return cls(weight, k_mer, max_tokens, int(config.get("max_length", max_tokens * k_mer)), FIRST_KMER_ID)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = bag_fingerprint(self.rules, self.weight)
+        return self._fingerprint
+
+    def __call__(self, sequences: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        rules = self.rules
+        output = np.empty((len(sequences), self.hidden_size), dtype=np.float32)
+        for start in range(0, len(sequences), self.BATCH):
+            batch = sequences[start : start + self.BATCH]
+            counts = kmer_bag_counts(batch, rules["k_mer"], rules["max_tokens"], rules["first"], len(self.weight))
+            output[start : start + len(batch)] = kmer_bag(counts, self.weight)
+        return output
+
+
+def load_embedder(
+    path: str | os.PathLike | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    precision: str = "auto",
+    progress: bool = True,
+) -> Embedder | KmerBagEmbedder:
+    """The embedder of a model folder: :class:`KmerBagEmbedder` for a bag readout on the CPU (no torch, no
+    transformers), else :class:`Embedder` over the whole model (:func:`load_encoder`; ``progress``: its loading
+    bar)."""
+    path = str(path or default_model_path())
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"Model folder not found: {path}")
+    if device in (None, "cpu") and precision != "bf16":
+        light = KmerBagEmbedder.from_folder(path)
+        if light is not None and (device == "cpu" or not _cuda_possible()):
+            return light
+    return Embedder(*load_encoder(path, device, progress), batch_size=batch_size, precision=precision)
+
+
+def _cuda_possible() -> bool:
+    """Whether torch could find a GPU, asked only when an NVIDIA driver is there (so a CPU start skips torch)."""
+    if not Path("/proc/driver/nvidia").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # ------------------------------------------------------------------------------------------- files
 DEFAULT_CHUNK = 4096
 
 
-def model_limits(embedder: Embedder) -> tuple[int, int]:
+def model_limits(embedder: Embedder | KmerBagEmbedder) -> tuple[int, int]:
     """``(max_length in bases, k_mer)`` the model's tokenizer reads; records are cleaned to these."""
-    tokenizer, config = embedder.tokenizer, embedder.model.config
-    k_mer = int(getattr(tokenizer, "k_mer", None) or getattr(config, "k_mer", 1))
-    max_length = int(tokenizer.model_max_length) * k_mer
-    return min(max_length, int(getattr(config, "max_length", max_length))), k_mer
+    return embedder.limits
 
 
 def check_input(path: str | os.PathLike) -> Path:
@@ -265,7 +427,11 @@ def embed_chunks(
     records: Iterable[BarcodeRecord], embedder: Embedder, chunk_size: int = DEFAULT_CHUNK, progress: bool = True
 ) -> Iterator[tuple[list[BarcodeRecord], np.ndarray]]:
     """``(records, (n, hidden) embeddings)`` per chunk of at most ``chunk_size`` records, in input order."""
-    bar = tqdm(disable=not progress, desc="embedding", unit=" barcodes", dynamic_ncols=True)
+    bar = _Bar()
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="embedding", unit=" barcodes", dynamic_ncols=True)
     chunk: list[BarcodeRecord] = []
     try:
         for record in records:
@@ -279,6 +445,16 @@ def embed_chunks(
             bar.update(len(chunk))
     finally:
         bar.close()
+
+
+class _Bar:
+    """No progress bar (tqdm not imported)."""
+
+    def update(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def embed_file(

@@ -2,9 +2,10 @@
 
 Queries are read and embedded in chunks by :func:`barcodemae.embedding.embed_chunks` (the cleaning rules and
 errors of :mod:`barcodemae.data`, so inputs larger than memory work), searched against a
-:class:`barcodemae.reference.ReferenceIndex` (exact, or approximate from 100,000 references on:
-:mod:`barcodemae.search`), answered at every rank with a confidence and committed to the deepest rank the
-confidence allows (:mod:`barcodemae.assign`), and written as a TSV or in SINTAX's tabbed format
+:class:`barcodemae.reference.ReferenceIndex` (exact, or approximate from
+:data:`barcodemae.search.ANN_MIN_REFERENCES` distinct references on: :mod:`barcodemae.search`; identical query
+barcodes of a chunk are embedded and searched once), answered at every rank with a confidence and committed to
+the deepest rank the confidence allows (:mod:`barcodemae.assign`), and written as a TSV or in SINTAX's tabbed format
 (:mod:`barcodemae.writers`), atomically. With ``rerank="align"`` the ``candidates`` nearest references by cosine
 are re-ordered by alignment identity to the query (:func:`barcodemae.search.rerank_by_alignment`) for the listed
 neighbours and ``alignment_identity`` columns are added; the answer comes from the cosine neighbours.
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
 
 from barcodemae.assign import LEVELS, VOTE_NEIGHBORS, assigned_ranks, cutoffs, vote
 from barcodemae.data import BarcodeRecord, CleaningReport
-from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records, model_fingerprint
+from barcodemae.embedding import DEFAULT_CHUNK, Embedder, KmerBagEmbedder, embed_chunks, iter_records
 from barcodemae.io import atomic_text
 from barcodemae.reference import ReferenceIndex
 from barcodemae.search import Searcher, rerank_by_alignment
@@ -35,17 +37,18 @@ def layout(index: ReferenceIndex, top_k: int, rerank: str = "none") -> Layout:
     return Layout(tuple(index.labels), min(top_k, len(index.ids)), scores)
 
 
-def check_model(index: ReferenceIndex, embedder: Embedder) -> None:
-    """Refuse an embedder other than the one that embedded ``index`` (width, weights, config)."""
+def check_model(index: ReferenceIndex, embedder: Embedder | KmerBagEmbedder) -> None:
+    """Refuse an embedder other than the one that embedded ``index`` (width, and what decides the embeddings:
+    ``embedder.fingerprint()``)."""
     if index.embeddings.shape[1] != embedder.hidden_size:
         raise ValueError(
             f"the index holds {index.embeddings.shape[1]}-dimensional embeddings but the model gives "
             f"{embedder.hidden_size}; rebuild the index with this model"
         )
-    if index.model_fingerprint and index.model_fingerprint != model_fingerprint(embedder.model):
+    if index.model_fingerprint and index.model_fingerprint != embedder.fingerprint():
         raise ValueError(
             f"the index was embedded by a model with other weights or config (fingerprint {index.model_fingerprint}) "
-            f"than {index.model}'s now ({model_fingerprint(embedder.model)}); rebuild the index with this model"
+            f"than {index.model}'s now ({embedder.fingerprint()}); rebuild the index with this model"
         )
 
 
@@ -53,7 +56,7 @@ def identify_file(
     query_path: str | os.PathLike,
     output_path: str | os.PathLike,
     index: ReferenceIndex,
-    embedder: Embedder,
+    embedder: Embedder | KmerBagEmbedder,
     *,
     top_k: int = 5,
     rerank: str = "none",
@@ -63,9 +66,10 @@ def identify_file(
     strict: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> tuple[CleaningReport, OutcomeSummary]:
     """Write one answer per kept query (TSV: :meth:`barcodemae.writers.Layout.tsv_columns`, or SINTAX), atomically;
-    return the cleaning report and the outcome counts."""
+    return the cleaning report and the outcome counts. ``on_chunk`` hears how many answers each chunk wrote."""
     _check_options(index, top_k, rerank, candidates, min_confidence, output_format)
     check_model(index, embedder)
     columns = layout(index, top_k, rerank)
@@ -77,11 +81,28 @@ def identify_file(
         else:
             writer = TsvWriter(handle, columns, index.ids, index.labels)
         records = iter_records(query_path, embedder, report, strict)
-        for chunk, embeddings in embed_chunks(records, embedder, chunk_size, progress):
-            answers = answer(search, embeddings, chunk, index, columns.top_k, rerank, candidates, min_confidence)
+        for chunk, (embeddings, copies) in embed_chunks(records, _Once(embedder), chunk_size, progress):
+            answers = answer(
+                search, embeddings, chunk, index, columns.top_k, rerank, candidates, min_confidence, copies
+            )
             summary.add(answers)
             writer.write(answers)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
     return report, summary
+
+
+class _Once:
+    """An embedder that embeds each distinct barcode of a call once: returns ``(distinct embeddings, row of each
+    input in them)``."""
+
+    def __init__(self, embedder: Embedder | KmerBagEmbedder) -> None:
+        self.embedder = embedder
+
+    def __call__(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        rows: dict[str, int] = {}
+        copies = np.fromiter((rows.setdefault(s, len(rows)) for s in sequences), dtype=np.int64, count=len(sequences))
+        return self.embedder(list(rows)), copies
 
 
 def _check_options(
@@ -113,10 +134,14 @@ def answer(
     rerank: str,
     candidates: int,
     min_confidence: float | dict[str, float] | None,
+    copies: np.ndarray | None = None,
 ) -> Answers:
-    """One chunk's answers: neighbours, per-rank votes and confidences, the committed rank."""
+    """One chunk's answers: neighbours, per-rank votes and confidences, the committed rank. With ``copies`` the
+    ``embeddings`` are those of the chunk's distinct barcodes and ``copies[i]`` is record ``i``'s row in them."""
     wanted = max(top_k, min(VOTE_NEIGHBORS, len(index.ids)), candidates if rerank == "align" else 0)
     neighbors, cosine = search.search(embeddings, k=wanted)
+    if copies is not None:
+        neighbors, cosine = neighbors[copies], cosine[copies]
     voters = min(VOTE_NEIGHBORS, neighbors.shape[1])
     votes = vote(neighbors[:, :voters], cosine[:, :voters], index.taxonomy)
     margin = cosine[:, 0] - index.species_thresholds(index.taxonomy.codes["genus"][neighbors[:, 0]])

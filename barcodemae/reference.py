@@ -14,14 +14,21 @@ References without a species label take no part in the calibration (they are sti
 query's best similarity over its threshold is one input of the species confidence (:mod:`barcodemae.assign`),
 whose model is fitted on the reference at build time too.
 
+**Identical barcodes are stored, embedded and searched once.** A reference of R rows (ids, labels of every rank)
+holds D <= R distinct cleaned barcodes (``groups[row]``: the distinct barcode of each row, numbered in order of
+first appearance); a search finds the nearest distinct barcodes and answers with all their rows
+(:class:`barcodemae.search.GroupedSearcher`), so the neighbours, votes and confidences are those of a search over
+every row, and the calibration runs on every row as before (the `train` partition: 89,407 rows, 46,029 distinct).
+
 A reference **index** (:class:`ReferenceIndex`) is a folder with ``embeddings.safetensors`` (tensor
-``"embeddings"``, ``(R, hidden)`` float32), ``index.json`` (format, model path and fingerprint, reference file,
-search method, ids, the labels of every rank and BIN of :data:`barcodemae.formats.LABEL_KEYS` the reference has,
-the thresholds, the confidence model and how they were calibrated), ``sequences.txt`` (the cleaned reference
-barcodes, one a line, for ``--rerank align``) and, for approximate search, ``ann.faiss`` (the faiss index), so a
-large reference is embedded and indexed once. Loading maps the embeddings and the faiss index into memory
-read-only instead of reading them (:func:`map_embeddings`): a 1M-reference folder opens in a fraction of a second
-and only the parts a search touches are read from disk.
+``"embeddings"``, ``(D, hidden)`` float32, one row per distinct barcode, and ``"groups"``, ``(R,)`` int64),
+``index.json`` (format, model path and embedding fingerprint, reference file, search method, ids, the labels of
+every rank and BIN of :data:`barcodemae.formats.LABEL_KEYS` the reference has, the thresholds, the confidence model
+and how they were calibrated), ``sequences.txt`` (the D distinct cleaned barcodes, one a line, for ``--rerank
+align``) and, for approximate search, ``ann.faiss`` (the faiss index over the distinct barcodes), so a large
+reference is embedded and indexed once. Loading maps the embeddings and the faiss index into memory read-only
+instead of reading them (:func:`map_embeddings`): a 1M-reference folder opens in a fraction of a second and only the
+parts a search touches are read from disk.
 """
 
 from __future__ import annotations
@@ -38,13 +45,13 @@ import numpy as np
 
 from barcodemae.assign import ConfidenceModel, Taxonomy, fit_confidence
 from barcodemae.data import CleaningReport
-from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records, model_fingerprint
+from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records
 from barcodemae.formats import LABEL_KEYS
 from barcodemae.io import atomic_folder
-from barcodemae.search import AnnIndex, CosineIndex, Searcher, resolve_method
+from barcodemae.search import AnnIndex, GroupedSearcher, Searcher, exact_searcher, resolve_method
 
 INDEX_FORMAT = "barcodemae-reference-index"
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 INDEX_FILE = "index.json"
 INDEX_EMBEDDINGS = "embeddings.safetensors"
 INDEX_SEQUENCES = "sequences.txt"
@@ -147,7 +154,8 @@ def _best_split(known: np.ndarray, novel: np.ndarray) -> tuple[float, float]:
 @dataclass
 class ReferenceIndex:
     """Reference embeddings with their ids, labels of every rank, barcodes, search method, novel-species
-    thresholds and confidence model."""
+    thresholds and confidence model. ``embeddings`` has one row per distinct barcode, ``groups`` the distinct barcode
+    of each reference row (None: every row is its own); ids, labels and sequences are per row."""
 
     embeddings: np.ndarray
     ids: list[str]
@@ -157,10 +165,11 @@ class ReferenceIndex:
     calibration: dict[str, Any] = field(default_factory=dict)
     confidence: ConfidenceModel = field(default_factory=ConfidenceModel)
     reference_file: str = ""
-    model_fingerprint: str = ""  # `barcodemae.embedding.model_fingerprint` of the model that embedded it
-    sequences: list[str] | None = None  # the cleaned barcodes (needed by --rerank align)
+    model_fingerprint: str = ""  # the `fingerprint()` of the embedder that embedded it
+    sequences: list[str] | None = None  # the cleaned barcodes, per row (needed by --rerank align)
     search: str = "exact"  # "exact" or "ann"
-    ann: AnnIndex | None = None
+    ann: AnnIndex | None = None  # over the distinct barcodes
+    groups: np.ndarray | None = None  # (R,) row -> distinct barcode (row of ``embeddings``)
     _taxonomy: Taxonomy | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -178,14 +187,23 @@ class ReferenceIndex:
             self._taxonomy = Taxonomy(self.labels, len(self.ids))
         return self._taxonomy
 
+    @property
+    def row_embeddings(self) -> np.ndarray:
+        """``(R, hidden)``: the embedding of every reference row (a copy when rows share barcodes)."""
+        return self.embeddings if self.groups is None else np.asarray(self.embeddings)[self.groups]
+
     def use_search(self, method: str) -> None:
-        """Search by ``method`` (``exact``, ``ann``, ``auto``); an approximate index is built when missing."""
-        self.search = resolve_method(method, len(self.ids))
+        """Search by ``method`` (``exact``, ``ann``, ``auto`` by the number of distinct barcodes); an approximate
+        index is built when missing."""
+        self.search = resolve_method(method, len(self.embeddings))
         if self.search == "ann" and self.ann is None:
             self.ann = AnnIndex.build(self.embeddings)
 
     def searcher(self) -> Searcher:
-        return self.ann if self.search == "ann" and self.ann is not None else CosineIndex(self.embeddings)
+        """Nearest reference rows: the distinct barcodes searched (approximately or exactly), each hit expanded to
+        its rows."""
+        distinct = self.ann if self.search == "ann" and self.ann is not None else exact_searcher(self.embeddings)
+        return distinct if self.groups is None else GroupedSearcher(distinct, self.groups)
 
     def threshold_for(self, genus: str) -> float:
         """The novel-species threshold of a best neighbour of this genus."""
@@ -203,11 +221,12 @@ class ReferenceIndex:
 
     def calibrate(self, threshold: float | None = None) -> None:
         """The novel-species thresholds (calibrated unless given) and the per-rank confidence model."""
+        embeddings = self.row_embeddings
         if threshold is None:
-            self.threshold, self.calibration = calibrate_threshold(self.embeddings, self.species, self.genus)
+            self.threshold, self.calibration = calibrate_threshold(embeddings, self.species, self.genus)
         else:
             self.set_threshold(threshold)
-        self.confidence = fit_confidence(self.embeddings, self.taxonomy, self.species_thresholds)
+        self.confidence = fit_confidence(embeddings, self.taxonomy, self.species_thresholds)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index folder atomically (an existing index folder at ``path`` is replaced)."""
@@ -227,10 +246,15 @@ class ReferenceIndex:
             "ids": self.ids,
             "labels": self.labels,
         }
+        groups = np.arange(len(self.ids)) if self.groups is None else self.groups
+        tensors = {"embeddings": np.ascontiguousarray(self.embeddings, np.float32), "groups": groups.astype(np.int64)}
         with atomic_folder(path, replace=lambda old: (old / INDEX_FILE).is_file()) as folder:
-            save_file({"embeddings": np.ascontiguousarray(self.embeddings, np.float32)}, str(folder / INDEX_EMBEDDINGS))
+            save_file(tensors, str(folder / INDEX_EMBEDDINGS))
             if self.sequences is not None:
-                (folder / INDEX_SEQUENCES).write_text("".join(f"{s}\n" for s in self.sequences), encoding="ascii")
+                distinct = [""] * len(self.embeddings)
+                for row, group in enumerate(groups.tolist()):
+                    distinct[group] = distinct[group] or self.sequences[row]
+                (folder / INDEX_SEQUENCES).write_text("".join(f"{s}\n" for s in distinct), encoding="ascii")
             if self.search == "ann" and self.ann is not None:
                 self.ann.save(folder / INDEX_ANN)
             (folder / INDEX_FILE).write_text(json.dumps(meta), encoding="utf-8")
@@ -256,14 +280,23 @@ class ReferenceIndex:
             raise ValueError(f"{path / INDEX_FILE}: not a {INDEX_FORMAT} file")
         if meta.get("version") != INDEX_VERSION:
             raise ValueError(
-                f"{path}: an index of version {meta.get('version')} (this version reads {INDEX_VERSION}: every rank "
-                "and the confidence model); rebuild it with --reference ... --save-index"
+                f"{path}: an index of version {meta.get('version')} (this version reads {INDEX_VERSION}: each distinct "
+                "barcode stored once); rebuild it with --reference ... --save-index"
             )
         if with_sequences and not (path / INDEX_SEQUENCES).is_file():
             raise FileNotFoundError(f"{path}: the index holds no {INDEX_SEQUENCES}; rebuild it")
         search = meta.get("search", "exact")
+        embeddings, groups = map_embeddings(path / INDEX_EMBEDDINGS), map_tensor(path / INDEX_EMBEDDINGS, "groups")
+        if groups.shape != (len(meta["ids"]),) or groups.min() < 0 or groups.max() >= len(embeddings):
+            raise ValueError(
+                f"{path / INDEX_EMBEDDINGS}: 'groups' does not map the {len(meta['ids'])} rows; rebuild it"
+            )
+        sequences = None
+        if with_sequences:
+            distinct = (path / INDEX_SEQUENCES).read_text(encoding="ascii").splitlines()
+            sequences = [distinct[group] for group in groups.tolist()]
         return cls(
-            embeddings=map_embeddings(path / INDEX_EMBEDDINGS),
+            embeddings=embeddings,
             ids=meta["ids"],
             labels=meta["labels"],
             model=meta["model"],
@@ -272,23 +305,39 @@ class ReferenceIndex:
             confidence=ConfidenceModel.from_dict(meta["confidence"]),
             reference_file=meta.get("reference_file", ""),
             model_fingerprint=meta.get("model_fingerprint", ""),
-            sequences=(path / INDEX_SEQUENCES).read_text(encoding="ascii").splitlines() if with_sequences else None,
+            sequences=sequences,
             search=search,
             ann=AnnIndex.load(path / INDEX_ANN) if search == "ann" else None,
+            groups=None
+            if len(embeddings) == len(groups) and bool((groups == np.arange(len(groups))).all())
+            else groups,
         )
 
 
 def map_embeddings(path: Path) -> np.ndarray:
     """The ``"embeddings"`` tensor of a safetensors file as a read-only memory map (the format: an 8-byte
     little-endian header length, a JSON header with each tensor's dtype, shape and byte range, then the data)."""
+    return map_tensor(path, "embeddings")
+
+
+_TENSORS = {  # name -> safetensors dtype, numpy dtype, ndim, description
+    "embeddings": ("F32", "<f4", 2, "(R, hidden) float32"),
+    "groups": ("I64", "<i8", 1, "(R,) int64"),
+}
+
+
+def map_tensor(path: Path, name: str) -> np.ndarray:
+    """The tensor ``name`` of :data:`_TENSORS` of a safetensors file as a read-only memory map."""
+    dtype, numpy_dtype, ndim, description = _TENSORS[name]
     with open(path, "rb") as file:
         (length,) = struct.unpack("<Q", file.read(8))
-        entry = json.loads(file.read(length)).get("embeddings", {})
+        entry = json.loads(file.read(length)).get(name, {})
     shape = tuple(entry.get("shape", ()))
     start, end = entry.get("data_offsets", (0, 0))
-    if entry.get("dtype") != "F32" or len(shape) != 2 or end - start != 4 * math.prod(shape) or not shape[0]:
-        raise ValueError(f"{path}: expected a non-empty (R, hidden) float32 tensor 'embeddings', found {entry}")
-    return np.memmap(path, dtype="<f4", mode="r", offset=8 + length + start, shape=shape)
+    size = np.dtype(numpy_dtype).itemsize * math.prod(shape)
+    if entry.get("dtype") != dtype or len(shape) != ndim or end - start != size or not shape[0]:
+        raise ValueError(f"{path}: expected a non-empty {description} tensor {name!r}, found {entry}; rebuild it")
+    return np.memmap(path, dtype=numpy_dtype, mode="r", offset=8 + length + start, shape=shape)
 
 
 def build_index(
@@ -311,23 +360,36 @@ def build_index(
     ids: list[str] = []
     labels: dict[str, list[str]] = {rank: [] for rank in LABEL_KEYS}
     sequences: list[str] = []
+    groups: list[int] = []
+    distinct: dict[str, int] = {}  # cleaned barcode -> its row in the embeddings
+
+    def first_copies(records):
+        """Every record into the row lists; only a barcode's first record goes on to be embedded."""
+        for record in records:
+            ids.append(record.record_id)
+            for rank, values in labels.items():
+                values.append(record.metadata.get(rank, ""))
+            sequences.append(record.sequence)
+            new = record.sequence not in distinct
+            groups.append(distinct.setdefault(record.sequence, len(distinct)))
+            if new:
+                yield record
+
     parts: list[np.ndarray] = []
     records = iter_records(reference_path, embedder, report, strict, taxonomy=taxonomy)
-    for chunk, embeddings in embed_chunks(records, embedder, chunk_size, progress):
-        ids += [record.record_id for record in chunk]
-        for rank, values in labels.items():
-            values += [record.metadata.get(rank, "") for record in chunk]
-        sequences += [record.sequence for record in chunk]
+    for _, embeddings in embed_chunks(first_copies(records), embedder, chunk_size, progress):
         parts.append(embeddings)
     if not parts:
         raise ValueError(f"{reference_path}: no usable reference barcode\n{report.summary()}")
     embeddings = np.concatenate(parts)
     parts.clear()  # one copy of the embeddings from here on (1 GiB at 1M references)
     labels = {rank: values for rank, values in labels.items() if any(values)}
-    index = ReferenceIndex(embeddings, ids, labels, str(model_path), 0.0)
+    rows = np.asarray(groups, dtype=np.int64)
+    unique = len(embeddings) == len(rows)
+    index = ReferenceIndex(embeddings, ids, labels, str(model_path), 0.0, groups=None if unique else rows)
     index.calibrate(threshold)
     index.reference_file = str(reference_path)
-    index.model_fingerprint = model_fingerprint(embedder.model)
+    index.model_fingerprint = embedder.fingerprint()
     index.sequences = sequences
     index.use_search(search)
     return index, report

@@ -1,38 +1,50 @@
 """Nearest-neighbour search over embeddings by cosine similarity. Used by `barcodemae identify` (the reference
 index), by the evaluation protocols and by the fine-tuning probe.
 
-One interface, :class:`Searcher` (``len(s)``, ``s.search(queries, k) -> (indices, similarities)``), two kinds:
+One interface, :class:`Searcher` (``len(s)``, ``s.search(queries, k) -> (indices, similarities)``), three kinds:
 
+* :class:`FlatIndex`: exact, faiss ``IndexFlatIP`` over the unit vectors (BLAS matmul and a heap per query): the
+  exact kernel of `identify` where faiss is installed (``pip install 'barcodemae[ann]'``), no torch needed;
 * :class:`CosineIndex`: exact, in bounded memory (torch matmul over reference chunks, a bf16 first pass where the
-  CPU has bf16 matmul in hardware);
-* :class:`AnnIndex`: approximate, a faiss inverted-file index over the unit vectors (``pip install 'barcodemae[ann]'``).
+  CPU has bf16 matmul in hardware): the evaluation protocols' search, and `identify`'s without faiss;
+* :class:`AnnIndex`: approximate, a faiss inverted-file index over the unit vectors.
 
-:func:`resolve_method` picks one by ``method``: ``"exact"``, ``"ann"`` or ``"auto"`` (approximate from
-:data:`ANN_MIN_REFERENCES` references on, when faiss is installed). The library and the threshold were chosen by
-measurement (``benchmarks/search.py``, benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only
-faiss's IVF index kept recall@1 >= 0.99 of exact search on the real embeddings (whose species form tight clusters
-that HNSW graphs miss), at 5-7x the speed of exact search at 46k-190k references.
+:class:`GroupedSearcher` searches distinct barcodes and answers with the reference rows they stand for (a reference
+index stores each distinct barcode once). :func:`resolve_method` picks exact or approximate by ``method``:
+``"exact"``, ``"ann"`` or ``"auto"`` (approximate from :data:`ANN_MIN_REFERENCES` distinct references on, when faiss
+is installed). The libraries, the kernel and the threshold were chosen by measurement (``benchmarks/search.py``,
+benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only faiss's IVF index kept recall@1 >= 0.99 of
+exact search on the real embeddings (whose species form tight clusters that HNSW graphs miss); on subsets of the
+real `train` embeddings (``benchmarks/search.py --sizes``, 10 neighbours) it overtakes the exact kernel at about
+5,000 references with 48 probes (5x faster at 46,029) at recall@1 >= 0.99.
+torch is imported only by the functions that use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 SEARCH_METHODS = ("exact", "ann", "auto")
-ANN_MIN_REFERENCES = 100_000
+ANN_MIN_REFERENCES = 5_000  # distinct references; where IVF overtakes exact search on real embeddings (RESULTS.md)
+ANN_MIN_PROBES = 48  # keeps recall@1 >= 0.99 on every real subset measured (32 fell to 0.990)
 BF16_MIN_REFERENCES = 4096  # below, one float32 pass is already quick
 BF16_CANDIDATES = 32  # 94% of real k=5 rows and 99% of k=1 rows are vouched for (benchmarks/RESULTS.md)
 
 
 def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A float32 CPU tensor of ``x``; a read-only array (e.g. a memory-mapped index) is copied."""
+    import torch
+
     if isinstance(x, torch.Tensor):
         return x.detach().to(device="cpu", dtype=torch.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -88,9 +100,16 @@ class CosineIndex:
     def __len__(self) -> int:
         return self.references.shape[0]
 
-    @torch.inference_mode()
     def search(self, queries: np.ndarray | torch.Tensor, k: int = 1, chunk_size: int = 4096):
         """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of the k most cosine-similar references."""
+        import torch
+
+        with torch.inference_mode():
+            return self._search(queries, k, chunk_size)
+
+    def _search(self, queries: np.ndarray | torch.Tensor, k: int, chunk_size: int):
+        import torch
+
         q = as_tensor(queries)
         if q.ndim != 2 or q.shape[1] != self.references.shape[1]:
             raise ValueError(f"queries must be (Q, {self.references.shape[1]}), got shape {tuple(q.shape)}")
@@ -109,6 +128,8 @@ class CosineIndex:
         return indices.numpy(), sims.numpy()
 
     def _search_block(self, block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         best_sim = torch.full((block.shape[0], k), -math.inf)
         best_idx = torch.zeros((block.shape[0], k), dtype=torch.int64)
         for offset in range(0, len(self), self.reference_chunk):
@@ -122,6 +143,8 @@ class CosineIndex:
 
     def _search_block_bf16(self, block: torch.Tensor, k: int, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The bf16 first pass, float32 scores of its candidates, and the float32 pass for rows it cannot vouch for."""
+        import torch
+
         first_sim = torch.full((block.shape[0], candidates), -math.inf)
         first_idx = torch.zeros((block.shape[0], candidates), dtype=torch.int64)
         query = block.bfloat16()
@@ -154,6 +177,8 @@ def _merge(
     best_sim: torch.Tensor, best_idx: torch.Tensor, chunk_sim: torch.Tensor, chunk_idx: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best of a running best list and a chunk's best; on ties the running list (earlier chunks) wins."""
+    import torch
+
     all_sim, all_idx = torch.cat([best_sim, chunk_sim], dim=1), torch.cat([best_idx, chunk_idx], dim=1)
     order = all_sim.argsort(dim=1, descending=True, stable=True)[:, :k]
     return all_sim.gather(1, order), all_idx.gather(1, order)
@@ -162,6 +187,8 @@ def _merge(
 def bf16_matmul_native() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (oneDNN with AVX-512 BF16 or AMX), where a bf16
     matmul is ~3x a float32 one; elsewhere bf16 is emulated and slower."""
+    import torch
+
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -189,9 +216,10 @@ class AnnIndex:
 
     The references are split into ``lists`` clusters (k-means, default ``4·√R``, at most ``R/39``, trained on a
     random sample of at most 64 references a cluster); a query is compared with the references of its ``probes``
-    nearest clusters (default: 32, or a 30th of the lists when that is more: 43 at 100,000 references, 134 at 1M).
-    Recall@1 against exact search: 0.994 on the real `train` embeddings, 1.0 on simulated ones up to 200,000, 0.996 at
-    1M (where 32 probes gave 0.975; benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed
+    nearest clusters (default: :data:`ANN_MIN_PROBES`, or a 30th of the lists when that is more: 134 at 1M).
+    Recall@1 against exact search (10 neighbours): 0.993-0.998 on subsets of 5,000-46,029 real `train` embeddings
+    (where 32 probes fell to 0.990 at 20,000), 0.996 at 1M simulated ones (where 32 probes gave 0.975;
+    benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed
     clusters hold fewer than ``k`` references is searched again over all clusters, so ``k`` neighbours always come
     back. Ties between equal vectors fall either way.
     """
@@ -214,7 +242,7 @@ class AnnIndex:
         index.train(l2_normalize_array(references[sample]))
         for start in range(0, n, cls.ADD_CHUNK):  # normalised a chunk at a time: no second copy of the references
             index.add(l2_normalize_array(references[start : start + cls.ADD_CHUNK]))
-        index.nprobe = min(lists, probes or max(32, math.ceil(lists / 30)))
+        index.nprobe = min(lists, probes or max(ANN_MIN_PROBES, math.ceil(lists / 30)))
         return cls(index)
 
     @classmethod
@@ -231,7 +259,7 @@ class AnnIndex:
 
     def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of (about) the k most similar references."""
-        q = l2_normalize_array(queries.numpy() if isinstance(queries, torch.Tensor) else queries)
+        q = l2_normalize_array(np.asarray(queries))
         if q.ndim != 2 or q.shape[1] != self.index.d:
             raise ValueError(f"queries must be (Q, {self.index.d}), got shape {q.shape}")
         k = min(k, len(self))
@@ -244,6 +272,65 @@ class AnnIndex:
             finally:
                 self.index.nprobe = probes
         return indices.astype(np.int64), similarities.astype(np.float32)
+
+
+class FlatIndex:
+    """Exact cosine k-NN by faiss ``IndexFlatIP`` over the L2-normalised references: one BLAS matmul per block of
+    queries and a heap per query (faiss's own threads, :func:`set_threads`). On the real `train` embeddings it is as
+    fast as :class:`CosineIndex`'s bf16 first pass or faster, at float32's result, and needs no torch
+    (benchmarks/RESULTS.md). Ties between equal similarities fall either way."""
+
+    def __init__(self, references: np.ndarray) -> None:
+        if references.ndim != 2 or references.shape[0] == 0:
+            raise ValueError(f"references must be a non-empty (R, D) array, got shape {references.shape}")
+        self.index = _faiss().IndexFlatIP(references.shape[1])
+        for start in range(0, len(references), AnnIndex.ADD_CHUNK):
+            self.index.add(l2_normalize_array(references[start : start + AnnIndex.ADD_CHUNK]))
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of the k most cosine-similar references."""
+        q = l2_normalize_array(np.asarray(queries))
+        if q.ndim != 2 or q.shape[1] != self.index.d:
+            raise ValueError(f"queries must be (Q, {self.index.d}), got shape {q.shape}")
+        similarities, indices = self.index.search(q, min(k, len(self)))
+        return indices.astype(np.int64), similarities.astype(np.float32)
+
+
+def exact_searcher(references: np.ndarray) -> Searcher:
+    """The exact kernel chosen by measurement: :class:`FlatIndex` where faiss is installed, else
+    :class:`CosineIndex`."""
+    return FlatIndex(references) if ann_available() else CosineIndex(references)
+
+
+class GroupedSearcher:
+    """A search over distinct barcodes that answers with reference rows: ``groups[row]`` is the distinct barcode of
+    each row. Every hit stands for all its rows, lowest row first, so the k nearest rows are those a search over
+    every row would give (identical barcodes have identical embeddings, so equal similarities), with ties between
+    the copies of one barcode broken by row. ``len`` is the number of rows."""
+
+    def __init__(self, distinct: Searcher, groups: np.ndarray) -> None:
+        self.distinct, self.groups = distinct, np.asarray(groups, dtype=np.int64)
+        order = np.argsort(self.groups, kind="stable")  # the rows of each barcode, in row order
+        self.sizes = np.bincount(self.groups, minlength=len(distinct))
+        self.members, self.starts = order, np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self))
+        hits, sims = self.distinct.search(queries, min(k, len(self.distinct)))
+        # (Q, hits, k) candidate rows: the first k copies of each hit (-1 past a hit's copies), then the first k valid
+        copy = np.arange(k)
+        valid = copy[None, None, :] < self.sizes[hits][:, :, None]
+        rows = self.members[np.minimum(self.starts[hits][:, :, None] + copy, len(self.members) - 1)]
+        valid, rows = valid.reshape(len(hits), -1), rows.reshape(len(hits), -1)
+        first = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+        similarity = np.repeat(sims, k, axis=1)
+        return np.take_along_axis(rows, first, 1), np.take_along_axis(similarity, first, 1)
 
 
 def ann_available() -> bool:
@@ -263,12 +350,22 @@ def resolve_method(method: str, n_references: int) -> str:
 
 
 def set_threads(threads: int) -> None:
-    """Threads for approximate search (faiss's OpenMP pool; exact search follows ``torch.set_num_threads``)."""
-    try:
+    """Threads for search and embedding: faiss's OpenMP pool, numpy's BLAS (threadpoolctl, where installed) and
+    torch's (now if it is imported, else through ``OMP_NUM_THREADS`` when it is)."""
+    import os
+    import sys
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")
+    with contextlib.suppress(ImportError):
         import faiss
-    except ImportError:
-        return
-    faiss.omp_set_num_threads(threads)
+
+        faiss.omp_set_num_threads(threads)
 
 
 def nearest_neighbors(

@@ -18,11 +18,21 @@ unique `val_unseen` and `val` barcodes (the val protocol's rows; embeddings cach
 `barcodemae.search.AnnIndex` with its defaults (the index ``barcodemae identify --search ann`` builds) is one case.
 
 ``--ann-probes 32 64 128`` adds `AnnIndex` searched with other numbers of probes (the same index), ``--libraries
-AnnIndex`` keeps only the cases whose name holds that (exact search is always the baseline).
+AnnIndex`` keeps only the cases whose name holds that (exact search is always the baseline). The exact kernels are
+`CosineIndex` (bf16 first pass, and float32 only) and `FlatIndex` (faiss ``IndexFlatIP``); ``--k`` neighbours are
+asked of every case (identify asks 10), recall@1 is scored on the first.
+
+**Where approximate search pays** (``--sizes N [N ...]``, with ``--data``): for each N, a random N of the distinct
+real references (seed 0), searched by `barcodemae.search.exact_searcher` (the exact kernel identify uses) and by
+`AnnIndex` with its defaults (and ``--ann-probes``): queries/s (all queries in one call, interleaved rounds), recall@1
+of each approximate case, and the smallest N from which the default approximate index is faster at recall@1 >= 0.99
+(``suggested_ann_min_references``; `barcodemae.search.ANN_MIN_REFERENCES` is set from it).
 
 Run: ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --references 200000`` and
 ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --data ../shared/data/barcodes.tsv.gz --output
-benchmarks/results/search_real.json``.
+benchmarks/results/search_real.json``; ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --k 10 --data
+../shared/data/barcodes.tsv.gz --sizes 5000 10000 20000 30000 46029 --ann-probes 16 48 --output
+benchmarks/results/search_sizes.json``.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from barcodemae.embedding import DEFAULT_MODEL, Embedder, cached_embeddings
-from barcodemae.search import AnnIndex, CosineIndex, l2_normalize_array
+from barcodemae.search import AnnIndex, CosineIndex, FlatIndex, ann_available, exact_searcher, l2_normalize_array
 from barcodemae.simulate import simulate_barcodes
 from benchmarks.common import base_parser, format_table, machine_info, peak_memory_mb, report, setup, time_interleaved
 
@@ -70,7 +80,7 @@ def recall_at_1(found: np.ndarray, found_sims: np.ndarray, exact: np.ndarray, ex
 
 def real_embeddings(data: str, embedder: Embedder, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """``(train references, val_unseen + val queries)`` embeddings of the val protocol's unique barcodes."""
-    from barcodemae.evaluation import load_records, prepare_protocol
+    from barcodemae.evaluation.protocol import load_records, prepare_protocol
 
     protocol = prepare_protocol(load_records(data)[0], seen_split="val", unseen_split="val_unseen")
     refs = cached_embeddings(embedder, protocol.train.sequences, cache_dir)
@@ -161,6 +171,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--libraries", nargs="*", help="only the cases whose name holds one of these (e.g. AnnIndex)")
     parser.add_argument("--data", help="real barcodes (BIOSCAN-style table with split column) instead of simulated")
     parser.add_argument("--cache-dir", default=".cache/embeddings")
+    parser.add_argument("--k", type=int, default=1, help="neighbours asked of every case (identify asks 10)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="reference sizes: where approximate search pays")
     parser.set_defaults(repeats=3)
     return parser.parse_args(argv)
 
@@ -175,20 +187,30 @@ def main(argv=None) -> dict[str, Any]:
     else:
         refs, query = simulated_embeddings(embedder, *((2000, 50) if args.tiny else (args.references, args.queries)))
     refs, query = l2_normalize_array(refs), l2_normalize_array(query)
+    if args.sizes:
+        return sizes_main(args, machine, device, refs, query)
+    k = args.k
     exact, float32 = CosineIndex(refs), CosineIndex(refs, precision="fp32")
-    exact_idx, exact_sims = exact.search(query, k=1)
+    exact_idx, exact_sims = exact.search(query, k=k)
     cases: dict[str, Callable[[], object]] = {
-        "exact (CosineIndex)": lambda: exact.search(query, k=1),
-        "exact, float32 pass only": lambda: float32.search(query, k=1),
+        "exact (CosineIndex)": lambda: exact.search(query, k=k),
+        "exact, float32 pass only": lambda: float32.search(query, k=k),
     }
     rows: dict[str, dict[str, Any]] = {
         "exact (CosineIndex)": {"library": "exact", "bf16_first_pass": exact.bf16, "recall@1": 1.0},
         "exact, float32 pass only": {
             "library": "exact",
             "bf16_first_pass": False,
-            "recall@1": recall_at_1(*float32.search(query, k=1), exact_idx, exact_sims),
+            "recall@1": recall_at_1(*float32.search(query, k=k), exact_idx, exact_sims),
         },
     }
+    if ann_available():
+        flat = FlatIndex(refs)
+        cases["exact (FlatIndex: faiss IndexFlatIP)"] = lambda: flat.search(query, k=k)
+        rows["exact (FlatIndex: faiss IndexFlatIP)"] = {
+            "library": "exact",
+            "recall@1": recall_at_1(*flat.search(query, k=k), exact_idx, exact_sims),
+        }
     for name, build in builders(args.threads).items():
         if args.libraries and not any(part in name for part in args.libraries):
             continue
@@ -198,7 +220,7 @@ def main(argv=None) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         ann = name.startswith("barcodemae")  # its defaults first, then --ann-probes
         for i, ef in enumerate([built[0].index.nprobe, *args.ann_probes] if ann else args.ef):
-            search = searcher(name, built[0], ef, 1, args.threads)
+            search = searcher(name, built[0], ef, k, args.threads)
             found, sims = search(query)
             if ann:
                 case = name if i == 0 else f"AnnIndex probes={ef}"
@@ -221,6 +243,7 @@ def main(argv=None) -> dict[str, Any]:
             "references": len(refs),
             "queries": len(query),
             "dimensions": refs.shape[1],
+            "k": k,
         },
         "hnsw": {"M": M, "ef_construction": EF_CONSTRUCTION},
         "cases": rows,
@@ -228,6 +251,49 @@ def main(argv=None) -> dict[str, Any]:
     columns = ["case", "build_s", "build_peak_mb", "queries_per_s", "speed_vs_exact", "recall@1"]
     table = format_table([{"case": case, **row} for case, row in rows.items()], columns)
     return report(args, machine, payload, {f"search, {len(refs)} references, {len(query)} queries": table})
+
+
+def sizes_main(args, machine, device, refs: np.ndarray, query: np.ndarray) -> dict[str, Any]:
+    """Exact (identify's kernel) vs `AnnIndex` at each of ``--sizes`` distinct references (module docstring)."""
+    rng = np.random.default_rng(0)
+    sizes = [300, 1000] if args.tiny else sorted(n for n in args.sizes if n <= len(refs))
+    points = []
+    for n in sizes:
+        subset = refs[np.sort(rng.choice(len(refs), size=n, replace=False))]
+        exact, ann = exact_searcher(subset), AnnIndex.build(subset)
+        exact_idx, exact_sims = exact.search(query, k=args.k)
+        cases: dict[str, Callable[[], object]] = {"exact": lambda exact=exact: exact.search(query, k=args.k)}
+        default = ann.index.nprobe
+        point: dict[str, Any] = {"references": n, "exact_kernel": type(exact).__name__, "lists": ann.index.nlist}
+        point["default_probes"] = default
+        for probes in dict.fromkeys([default, *args.ann_probes]):
+            name = f"ann probes={probes}"
+
+            def search(ann=ann, probes=probes):
+                ann.index.nprobe = probes
+                return ann.search(query, k=args.k)
+
+            cases[name] = search
+            point[f"{name} recall@1"] = recall_at_1(*search(), exact_idx, exact_sims)
+        times = time_interleaved(cases, args.repeats, args.warmup, device)
+        for name, values in times.items():
+            point[f"{name} queries/s"] = len(query) / float(np.median(values))
+        points.append(point)
+        print(point, flush=True)
+    pays = [
+        p["references"]
+        for p in points
+        if p[f"ann probes={p['default_probes']} recall@1"] >= 0.99
+        and p[f"ann probes={p['default_probes']} queries/s"] > p["exact queries/s"]
+    ]
+    payload = {
+        "data": {"source": args.data or "simulated", "queries": len(query), "k": args.k},
+        "points": points,
+        "suggested_ann_min_references": min(pays) if pays else None,
+    }
+    columns = list(dict.fromkeys(key for point in points for key in point))
+    table = format_table(points, columns)
+    return report(args, machine, payload, {f"exact vs approximate by reference size ({len(query)} queries)": table})
 
 
 if __name__ == "__main__":

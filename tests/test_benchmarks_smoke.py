@@ -5,7 +5,6 @@ No timing is asserted (speed is measured by the scripts themselves, see benchmar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -97,9 +96,19 @@ def test_search(tmp_path):
     assert result["cases"]["exact, float32 pass only"]["recall@1"] == 1.0  # the bf16 first pass changes nothing
     assert {"faiss HNSWFlat ef=8", "faiss IVFFlat nprobe=8", "AnnIndex probes=2"} <= result["cases"].keys()
     only = run(search, tmp_path, "--libraries", "AnnIndex", "--ann-probes", "2")
-    exact = {"exact (CosineIndex)", "exact, float32 pass only"}
+    exact = {"exact (CosineIndex)", "exact, float32 pass only", "exact (FlatIndex: faiss IndexFlatIP)"}
     assert set(only["cases"]) == exact | {"barcodemae AnnIndex (defaults)", "AnnIndex probes=2"}
     assert all(0.0 <= case["recall@1"] <= 1.0 and case["queries_per_s"] > 0 for case in result["cases"].values())
+
+
+def test_search_sizes(tmp_path):
+    from benchmarks import search
+
+    result = run(search, tmp_path, "--sizes", "1", "--k", "3", "--ann-probes", "2")
+    assert [point["references"] for point in result["points"]] == [300, 1000]
+    for point in result["points"]:
+        assert point["exact queries/s"] > 0 and 0 <= point["ann probes=2 recall@1"] <= 1
+    assert "suggested_ann_min_references" in result
 
 
 @pytest.mark.skipif(shutil.which("vsearch") is None, reason="vsearch not installed")
@@ -112,23 +121,24 @@ def test_identify_scale(tmp_path):
 
 @pytest.mark.skipif(shutil.which("vsearch") is None, reason="vsearch not installed")
 def test_identify_real_data_mode(tmp_path):
-    data = split_table(tmp_path)
-    result = run(identify, tmp_path, "--data", str(data), "--warmup", "0")
-    assert 0 < result["data"]["references"] <= 12  # unique barcodes
-    assert result["data"]["queries"] == {"val_unseen": 8, "val": 4}
-    rerank = {identify.RERANK} if importlib.util.find_spec("edlib") else set()
-    assert set(result["cases"]) == {identify.OURS, identify.VSEARCH, *rerank}
+    from barcodemae.simulate import simulate_barcodes, write_tsv
+
+    records = simulate_barcodes(1, 1, 2, 3, 4, seed=1)
+    for i, record in enumerate(records):
+        record["split"] = "test_unseen" if i % 12 >= 8 else "test" if i % 4 == 3 else "train"
+    records.append({**records[0], "processid": "COPY"})  # a train barcode twice
+    result = run(identify, tmp_path, "--data", str(write_tsv(records, tmp_path / "barcodes.tsv")), "--warmup", "0")
+    distinct = result["data"]["distinct_references"]
+    assert result["data"]["references"] == 13 and distinct < 13 and result["data"]["queries"] == 12
+    assert result["reference_index"]["distinct_barcodes"] == distinct and result["reference_index"]["rows"] == 13
+    assert set(result["cases"]) == {identify.OURS, identify.VSEARCH}
     for score in result["accuracy"].values():
-        assert score["queries_without_a_row"] == 0
-        assert score["val_unseen_genus"]["n_queries"] == 8 and score["val_species"]["n_queries"] == 4
-    assert result["accuracy"][identify.VSEARCH]["val_species"]["micro"] == 100.0  # near-identical specimens
-    cases, target = result["cases"], result["target"]
-    assert target["queries_per_s_ratio"] == pytest.approx(
-        cases[identify.OURS]["per_s"] / cases[identify.VSEARCH]["per_s"]
-    )
-    assert (
-        target["per_species_genus_vsearch"] == result["accuracy"][identify.VSEARCH]["val_unseen_genus"]["per_species"]
-    )
+        assert score["queries_without_an_answer"] == 0
+        assert score["scored"] == {"unseen_genus": 8, "test_species": 4}
+    assert result["accuracy"][identify.VSEARCH]["test_species"]["micro"] == 100.0  # near-identical specimens
+    assert result["steady_state"]["per_s"] > 0 and result["startup"]["ratio_to_import_torch"] > 0
+    assert all(peak > 0 for peak in result["peak_rss_mb"].values())
+    assert len(result["targets"]) == 4
 
 
 def test_identify_stages_mode(tmp_path):

@@ -349,9 +349,7 @@ def test_embedding_iter_records_takes_a_taxonomy(tmp_path):
     from barcodemae.data import CleaningReport
     from barcodemae.embedding import iter_records
 
-    embedder = SimpleNamespace(
-        tokenizer=SimpleNamespace(k_mer=6, model_max_length=110), model=SimpleNamespace(config=SimpleNamespace())
-    )
+    embedder = SimpleNamespace(limits=(660, 6))  # (bases, k) the model reads
     plain, taxonomy = plain_with_qiime_strings(tmp_path)
     report = CleaningReport()
     records = list(iter_records(plain, embedder, report, taxonomy=taxonomy))

@@ -90,10 +90,11 @@ def test_rerank_orders_candidates_by_identity_then_cosine():
 
 
 def test_ann_probes_grow_with_the_lists():
-    """32 probes, or a 30th of the lists when that is more (recall@1 at 1M references fell to 0.975 with 32)."""
+    """48 probes, or a 30th of the lists when that is more (recall@1 at 1M references fell to 0.975 with 32)."""
     refs = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
-    assert AnnIndex.build(refs, lists=60).index.nprobe == 32
-    assert AnnIndex.build(refs, lists=1500).index.nprobe == 50
+    assert AnnIndex.build(refs, lists=60).index.nprobe == 48
+    assert AnnIndex.build(refs, lists=1500, probes=None).index.nprobe == 50
+    assert AnnIndex.build(np.tile(refs, (2, 1)), lists=2400).index.nprobe == 80
     assert AnnIndex.build(refs, lists=20).index.nprobe == 20  # never more probes than lists
 
 
