@@ -6,9 +6,12 @@
     python train.py run.yaml                       # every argument from a JSON/YAML file
 
 Model sizes come from ``configs/<preset>.json`` (tiny / small / paper), overridable per field
-(``--hidden_size 512``). Any ``TrainingArguments`` flag works, plus ``--max_train_minutes`` (a wall-clock
-budget). At the end ``OUTPUT_DIR`` holds the pretraining model, ``OUTPUT_DIR/encoder/`` the encoder-only Hub
-folder, ``loss_curve.png``, ``data_report.json`` and ``run_info.json``.
+(``--hidden_size 512``); its ``"training"`` object, if any, sets training arguments not given on the command line
+(``paper``: the authors' optimisation: ``--lr_scheduler one_cycle``, 1e-4 per 64 barcodes, weight decay 1e-5 on
+every parameter, no clipping). Any ``TrainingArguments`` flag works, plus ``--max_train_minutes`` (a wall-clock
+budget), ``--lr_scheduler``, ``--learning_rate_per_64`` and ``--decay_all_parameters``. At the end ``OUTPUT_DIR``
+holds the pretraining model, ``OUTPUT_DIR/encoder/`` the encoder-only Hub folder, ``loss_curve.png``,
+``data_report.json`` and ``run_info.json``.
 """
 
 from __future__ import annotations
@@ -64,12 +67,17 @@ class ModelArguments:
     hidden_dropout_prob: float | None = None
     attention_probs_dropout_prob: float | None = None
 
-    def build_config(self) -> BarcodeMAEConfig:
+    def preset_settings(self) -> dict:
+        """The preset file's settings: model fields, and training arguments under ``"training"``."""
         preset = Path(self.preset)
         path = preset if preset.suffix == ".json" else PRESETS_DIR / f"{self.preset}.json"
         if not path.is_file():
             raise FileNotFoundError(f"Unknown preset {self.preset!r}: no file {path}")
-        settings = json.loads(path.read_text())
+        return json.loads(path.read_text())
+
+    def build_config(self) -> BarcodeMAEConfig:
+        settings = self.preset_settings()
+        settings.pop("training", None)
         overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "preset"}
         settings.update({name: value for name, value in overrides.items() if value is not None})
         settings.pop("genus_loss_weight", None)  # switched on by `add_genus_labels` once the labels are known
@@ -114,6 +122,26 @@ class PretrainingArguments(TrainingArguments):
             "help": "Wall-clock budget: stop (evaluating and saving) at the first step after this many minutes of "
             "training. The schedule still runs to max_steps, so the learning rate is not annealed at the stop."
         },
+    )
+    lr_scheduler: str = field(
+        default="trainer",
+        metadata={
+            "help": "trainer: the Trainer's (--lr_scheduler_type, --warmup_steps); one_cycle: torch's OneCycleLR with "
+            "its defaults, the BarcodeMAE authors' (30%% of the steps warming up from lr/25, cosine annealing to "
+            "lr/1e4, Adam's beta1 cycled 0.95 -> 0.85 -> 0.95). Giving --lr_scheduler_type alone means trainer.",
+            "choices": ["trainer", "one_cycle"],
+        },
+    )
+    learning_rate_per_64: float | None = field(
+        default=None,
+        metadata={
+            "help": "The authors' scaling: learning rate = this x total batch / 64 (per-device batch x processes x "
+            "accumulation steps). Ignored when --learning_rate is given."
+        },
+    )
+    decay_all_parameters: bool = field(
+        default=False,
+        metadata={"help": "Weight decay on biases and LayerNorm weights too (the authors' AdamW on every parameter)."},
     )
 
 
@@ -180,7 +208,7 @@ class EmbeddingProbe(IdentificationProbe):
     health of the query embeddings (effective rank, mean pairwise cosine)."""
 
     def __call__(self, encoder) -> dict[str, float]:
-        from barcodemae.evaluation import effective_rank, mean_pairwise_cosine
+        from barcodemae.evaluation.clustering import effective_rank, mean_pairwise_cosine
 
         reference_embeddings, query_embeddings = self.embeddings(encoder)
         score = self.score(reference_embeddings, query_embeddings)
@@ -199,6 +227,21 @@ class PretrainingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.embedding_probe = embedding_probe
         self._masked_counts = None
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The Trainer's schedule, or torch's `OneCycleLR` with its defaults (``--lr_scheduler one_cycle``), peaking at
+        the learning rate, stepped after every optimizer step."""
+        if self.lr_scheduler is None and self.args.lr_scheduler == "one_cycle":
+            optimizer = optimizer or self.optimizer
+            peak = [group["lr"] for group in optimizer.param_groups]
+            self.lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, peak, total_steps=num_training_steps)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        if self.args.decay_all_parameters:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch_seed = inputs.pop("batch_seed", None)
@@ -239,9 +282,31 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Pre
         given = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
     if "report_to" not in given and importlib.util.find_spec("tensorboard") is not None:
         training_args.report_to = ["tensorboard"]
+    apply_preset_training(model_args.preset_settings().get("training", {}), training_args, given)
     training_args.remove_unused_columns = False  # the collator needs the `kmer_ids` column
     training_args.label_names = ["labels"] if model_args.objective == "mlm" else []
     return model_args, data_args, training_args
+
+
+def apply_preset_training(preset: dict, training_args: PretrainingArguments, given: set[str]) -> None:
+    """The preset's training arguments where the command line gives none; explicit flags win (``--learning_rate``
+    over ``learning_rate_per_64``, ``--lr_scheduler_type`` over ``lr_scheduler``); then the learning rate per 64
+    barcodes becomes the learning rate of the total batch."""
+    implied = {"learning_rate_per_64": "learning_rate", "lr_scheduler": "lr_scheduler_type"}
+    for name, value in preset.items():
+        if not hasattr(training_args, name):
+            raise ValueError(f'Unknown training argument {name!r} in the preset\'s "training" object')
+        if name not in given and implied.get(name) not in given:
+            setattr(training_args, name, value)
+    if "learning_rate" in given:
+        training_args.learning_rate_per_64 = None
+    if training_args.learning_rate_per_64 is not None:
+        total_batch = (
+            training_args.per_device_train_batch_size
+            * training_args.world_size
+            * training_args.gradient_accumulation_steps
+        )
+        training_args.learning_rate = training_args.learning_rate_per_64 * total_batch / 64
 
 
 def has_split_column(paths: list[str]) -> bool:

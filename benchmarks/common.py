@@ -64,6 +64,7 @@ def load_preset(name: str, **overrides: Any):
     from configuration_barcodemae import BarcodeMAEConfig
 
     settings = json.loads((ROOT / "configs" / f"{name}.json").read_text())
+    settings.pop("training", None)  # train.py's arguments, not the model's
     return BarcodeMAEConfig(**{**settings, **overrides})
 
 

@@ -90,7 +90,9 @@ class ReferenceMAE(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         config = self.config
-        masked = random_masking(input_ids, attention_mask, config.mask_ratio, config.first_kmer_id).mask
+        masked = random_masking(
+            input_ids, attention_mask, config.mask_ratio, config.first_kmer_id, config.mask_sampling
+        ).mask
         batch, length = input_ids.shape
         seen = attention_mask.bool() & ~masked
         seen_count = seen.sum(1)

@@ -6,6 +6,10 @@ output restored to full length, a learned mask embedding at masked positions, an
 With ``objective="mlm"`` the same encoder is trained BarcodeBERT-style: masked tokens are replaced by
 ``[MASK]`` (80/10/10) and the encoder itself predicts them. After pretraining only the encoder
 (`BarcodeMAEModel`) is kept; the barcode embedding is the mean of its last hidden states over real tokens.
+
+Two block designs share the modules (``config.norm_position``): pre-norm with rotary positions (the ``small``
+preset) and BERT's post-norm with learned positions and an embedding LayerNorm, the authors' (``paper``), whose
+encoder computes what a transformers ``BertModel`` does with the same weights (see ``barcodemae/convert.py``).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ class BarcodeMAEForPreTrainingOutput(ModelOutput):
     """Output of `BarcodeMAEForPreTraining`.
 
     Args:
-        loss: cross-entropy over the masked positions (MAE: plus ``visible_loss_weight`` times the cross-entropy of
-            reconstructing the visible k-mers).
+        loss: cross-entropy over the masked positions (MAE: times ``masked_loss_weight``, plus ``visible_loss_weight``
+            times the cross-entropy of reconstructing the visible k-mers).
         logits: predictions where there is something to predict (the head runs only there). MAE: ``(batch,
             masked_length, vocab_size)``, one slot per masked token (static shapes, see `random_masking`); MLM:
             ``(num_scored, vocab_size)`` in the row-major order of ``labels != -100``.
@@ -86,25 +90,40 @@ class RandomMasking:
 
 
 def random_masking(
-    input_ids: torch.LongTensor, attention_mask: torch.Tensor, mask_ratio: float, first_kmer_id: int
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    mask_ratio: float,
+    first_kmer_id: int,
+    sampling: str = "count",
 ) -> RandomMasking:
-    """Mask ``floor(mask_ratio * n)`` of the ``n`` ACGT k-mer tokens of every sequence, uniformly at random.
+    """Mask the ACGT k-mer tokens of every sequence at random: ``floor(mask_ratio * n)`` of its ``n`` k-mers
+    (``sampling="count"``), or each one independently with probability ``mask_ratio`` (``"bernoulli"``: a binomial
+    count per row, then the same uniform choice of which).
 
     Special tokens (``[UNK]``, ``[CLS]``, ``[SEP]``) are always kept and padding is never masked: they get
     noise below / above every maskable token before the argsort, so one sort orders each row as
     kept | masked | padding.
 
     Static shapes (``torch.compile`` reuses one graph per padded length ``L``): no row keeps more than
-    ``kept_length = L - floor(mask_ratio * L)`` tokens nor masks more than ``masked_length = floor(mask_ratio * L)``.
-    A row whose ``[UNK]`` tokens would leave it more kept tokens masks that many more k-mers (when it has them).
+    ``kept_length`` tokens nor masks more than ``masked_length``: ``L - floor(mask_ratio * L)`` and
+    ``floor(mask_ratio * L)`` for ``"count"``; for ``"bernoulli"`` the mean plus six standard deviations (a row
+    beyond it has probability ~1e-9). A row whose ``[UNK]`` tokens would leave it more kept tokens masks that many
+    more k-mers (when it has them).
     """
     length = input_ids.shape[1]
-    masked_length = math.floor(mask_ratio * length)
-    kept_length = length - masked_length
     real = attention_mask.bool()
     maskable = real & (input_ids >= first_kmer_id)
     num_real, num_maskable = real.sum(1), maskable.sum(1)
-    num_masked = torch.maximum((num_maskable * mask_ratio).floor().long(), num_real - kept_length)
+    if sampling == "bernoulli":
+        spread = 6 * math.sqrt(length * mask_ratio * (1 - mask_ratio))
+        masked_length = min(length, math.ceil(mask_ratio * length + spread))
+        kept_length = min(length, math.ceil((1 - mask_ratio) * length + spread))
+        drawn = (maskable & (torch.rand(input_ids.shape, device=input_ids.device) < mask_ratio)).sum(1)
+    else:
+        masked_length = math.floor(mask_ratio * length)
+        kept_length = length - masked_length
+        drawn = (num_maskable * mask_ratio).floor().long()
+    num_masked = torch.maximum(drawn, num_real - kept_length)
     num_masked = torch.minimum(num_masked.clamp(max=masked_length), num_maskable)
     num_kept = num_real - num_masked
     noise = torch.rand(input_ids.shape, device=input_ids.device)
@@ -180,10 +199,12 @@ class BarcodeMAEAttention(nn.Module):
 
 
 class BarcodeMAELayer(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + attention(norm(x)), then x + MLP(norm(x))."""
+    """Transformer block. Pre-norm: x + attention(norm(x)), then x + MLP(norm(x)). Post-norm (BERT's layer):
+    norm(x + attention(x)), then norm(x + MLP(x))."""
 
     def __init__(self, width: int, heads: int, ffn: int, config: BarcodeMAEConfig):
         super().__init__()
+        self.post_norm = config.norm_position == "post"
         self.attention_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.attention = BarcodeMAEAttention(width, heads, config.attention_probs_dropout_prob)
         self.mlp_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
@@ -191,18 +212,23 @@ class BarcodeMAELayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, key_mask=None, rotary=None):
+        if self.post_norm:
+            attended = self.attention(hidden_states, key_mask, rotary)
+            hidden_states = self.attention_norm(hidden_states + self.dropout(attended))
+            return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
         attended = self.attention(self.attention_norm(hidden_states), key_mask, rotary)
         hidden_states = hidden_states + self.dropout(attended)
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
 
 class BarcodeMAETransformer(nn.Module):
-    """A stack of pre-norm blocks with a final LayerNorm; used by both encoder and decoder."""
+    """A stack of blocks, with a final LayerNorm when they are pre-norm; used by both encoder and decoder."""
 
     def __init__(self, width: int, layers: int, heads: int, ffn: int, config: BarcodeMAEConfig):
         super().__init__()
         self.layers = nn.ModuleList(BarcodeMAELayer(width, heads, ffn, config) for _ in range(layers))
-        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        pre_norm = config.norm_position == "pre"
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if pre_norm else nn.Identity()
         use_rotary = config.position_embedding_type == "rotary"
         self.rotary = RotaryEmbedding(width // heads, config.rope_theta) if use_rotary else None
 
@@ -305,6 +331,10 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
         self.position_embeddings = (
             nn.Embedding(config.max_position_embeddings, config.hidden_size) if absolute else None
         )
+        post_norm = config.norm_position == "post"
+        self.embedding_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if post_norm else nn.Identity()
+        )
         self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.encoder = BarcodeMAETransformer(
             config.hidden_size,
@@ -358,7 +388,7 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
         hidden_states = self.token_embeddings(input_ids)
         if self.position_embeddings is not None:
             hidden_states = hidden_states + self.position_embeddings(position_ids)
-        hidden_states = self.embedding_dropout(hidden_states)
+        hidden_states = self.embedding_dropout(self.embedding_norm(hidden_states))
         return self.encoder(hidden_states, attention_mask, position_ids, output_hidden_states)
 
     def _readout(self, readout, last_hidden_state, input_ids, attention_mask, position_ids, frames) -> torch.Tensor:
@@ -407,16 +437,21 @@ class BarcodeMAEModel(BarcodeMAEPreTrainedModel):
 
 
 class BarcodeMAEDecoder(nn.Module):
-    """MAE decoder: project, insert the mask embedding at masked positions, unshuffle, add positions,
-    transformer; ``prediction`` maps its states to k-mer logits."""
+    """MAE decoder: project, insert the mask embedding at masked positions, unshuffle, add positions (post-norm:
+    then LayerNorm and dropout, as BERT embeddings), transformer; ``prediction`` maps its states to k-mer logits
+    (post-norm: after dropout, as BERT's token-classification head)."""
 
     def __init__(self, config: BarcodeMAEConfig):
         super().__init__()
         width = config.decoder_hidden_size
-        self.projection = nn.Linear(config.hidden_size, width) if width != config.hidden_size else nn.Identity()
+        post_norm = config.norm_position == "post"
+        projected = post_norm or width != config.hidden_size
+        self.projection = nn.Linear(config.hidden_size, width) if projected else nn.Identity()
         self.mask_embedding = nn.Parameter(torch.zeros(1, 1, width))
         absolute = config.position_embedding_type == "absolute"
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, width) if absolute else None
+        self.embedding_norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if post_norm else nn.Identity()
+        self.dropout = nn.Dropout(config.hidden_dropout_prob) if post_norm else nn.Identity()
         self.transformer = BarcodeMAETransformer(
             width,
             config.decoder_num_hidden_layers,
@@ -443,7 +478,7 @@ class BarcodeMAEDecoder(nn.Module):
         position_ids = torch.arange(length, device=hidden.device).expand(batch, -1)
         if self.position_embeddings is not None:
             hidden = hidden + self.position_embeddings(position_ids)
-        hidden, _ = self.transformer(hidden, attention_mask, position_ids)
+        hidden, _ = self.transformer(self.dropout(self.embedding_norm(hidden)), attention_mask, position_ids)
         return hidden
 
 
@@ -528,11 +563,14 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
         return F.cross_entropy(logits.float(), genus_labels[labelled])
 
     def _forward_mae(self, input_ids, attention_mask, output_hidden_states):
-        masking = random_masking(input_ids, attention_mask, self.config.mask_ratio, self.config.first_kmer_id)
+        config = self.config
+        masking = random_masking(
+            input_ids, attention_mask, config.mask_ratio, config.first_kmer_id, config.mask_sampling
+        )
         ids_keep = masking.ids_shuffle[:, : masking.kept_length]
         slots = torch.arange(masking.kept_length, device=input_ids.device)[None, :]
         kept_attention = slots < masking.num_kept[:, None]
-        kept_ids = torch.gather(input_ids, 1, ids_keep).masked_fill(~kept_attention, self.config.pad_token_id)
+        kept_ids = torch.gather(input_ids, 1, ids_keep).masked_fill(~kept_attention, config.pad_token_id)
         encoded = self.barcodemae(
             kept_ids,
             attention_mask=kept_attention.long(),
@@ -544,12 +582,12 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
         decoded = self.decoder(encoded.last_hidden_state, kept_attention, masking.ids_restore, attention_mask)
         masked_positions, labels = self._masked_slots(input_ids, masking)
         logits = self._predict(decoded, masked_positions)
-        loss = slot_cross_entropy(logits, labels)
-        if self.config.visible_loss_weight > 0:
-            visible = kept_attention & (kept_ids >= self.config.first_kmer_id)
+        loss = config.masked_loss_weight * slot_cross_entropy(logits, labels)
+        if config.visible_loss_weight > 0:
+            visible = kept_attention & (kept_ids >= config.first_kmer_id)
             visible_labels = kept_ids.masked_fill(~visible, IGNORE_INDEX)
             visible_loss = slot_cross_entropy(self._predict(decoded, ids_keep), visible_labels)
-            loss = loss + self.config.visible_loss_weight * visible_loss
+            loss = loss + config.visible_loss_weight * visible_loss
         output = BarcodeMAEForPreTrainingOutput(
             loss=loss,
             logits=logits,
@@ -574,7 +612,7 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
     def _predict(self, decoded: torch.Tensor, positions: torch.LongTensor) -> torch.Tensor:
         """Vocabulary logits of the decoder states at ``positions`` (``(batch, slots)``)."""
         gathered = torch.gather(decoded, 1, positions[..., None].expand(-1, -1, decoded.shape[-1]))
-        return self.decoder.prediction(gathered)
+        return self.decoder.prediction(self.decoder.dropout(gathered))
 
     def _forward_mlm(self, input_ids, attention_mask, labels, output_hidden_states):
         if labels is None:
@@ -601,11 +639,14 @@ class BarcodeMAEForPreTraining(BarcodeMAEPreTrainedModel):
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor
     ) -> tuple[torch.LongTensor, torch.LongTensor]:
         """BERT masking of ``mask_ratio`` of the k-mer tokens: 80% ``[MASK]``, 10% random k-mer, 10% unchanged."""
-        masked = random_masking(input_ids, attention_mask, self.config.mask_ratio, self.config.first_kmer_id).mask
+        config = self.config
+        masked = random_masking(
+            input_ids, attention_mask, config.mask_ratio, config.first_kmer_id, config.mask_sampling
+        ).mask
         labels = input_ids.masked_fill(~masked, IGNORE_INDEX)
         draw = torch.rand(input_ids.shape, device=input_ids.device)
-        random_kmers = torch.randint_like(input_ids, self.config.first_kmer_id, self.config.vocab_size)
-        corrupted = torch.where(masked & (draw < 0.8), self.config.mask_token_id, input_ids)
+        random_kmers = torch.randint_like(input_ids, config.first_kmer_id, config.vocab_size)
+        corrupted = torch.where(masked & (draw < 0.8), config.mask_token_id, input_ids)
         corrupted = torch.where(masked & (draw >= 0.8) & (draw < 0.9), random_kmers, corrupted)
         return corrupted, labels
 

@@ -7,6 +7,8 @@ from transformers import PreTrainedConfig
 
 OBJECTIVES = ("mae", "mlm")
 POSITION_EMBEDDING_TYPES = ("absolute", "rotary")
+NORM_POSITIONS = ("pre", "post")
+MASK_SAMPLINGS = ("count", "bernoulli")
 READOUTS = ("mean", "kmer_bag", "mean+kmer_bag")
 CLASSIFIER_TYPES = ("linear", "cosine")
 NUM_SPECIAL_TOKENS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK], in this order (see tokenization_barcodemae.py)
@@ -16,8 +18,10 @@ NUM_SPECIAL_TOKENS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK], in this order (see tok
 class BarcodeMAEConfig(PreTrainedConfig):
     """Configuration of a BarcodeMAE encoder and its pretraining decoder.
 
-    Defaults are the paper's: non-overlapping 6-mers of the first 660 bases (110 tokens), a BERT-size encoder
+    Defaults are the paper's sizes: non-overlapping 6-mers of the first 660 bases (110 tokens), a BERT-size encoder
     (6 layers, 6 heads, width 768) and a decoder as large as the encoder, 50% of k-mer tokens masked.
+    ``configs/paper.json`` adds the authors' block design (``norm_position="post"``) and masking
+    (``mask_sampling="bernoulli"``).
 
     Args:
         k_mer: k-mer length; the vocabulary holds the ``4**k_mer`` ACGT k-mers plus 5 special tokens.
@@ -28,11 +32,19 @@ class BarcodeMAEConfig(PreTrainedConfig):
         decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size:
             MAE decoder shape (any size; a linear projection joins encoder and decoder when widths differ).
         mask_ratio: fraction of each barcode's maskable k-mer tokens hidden during pretraining.
-        visible_loss_weight: MAE only: weight of an extra loss for reconstructing the visible k-mers as well (the
-            authors' option; keeps token identity in the encoder output). 0 = masked positions only (the paper).
+        mask_sampling: ``"count"``: exactly ``floor(mask_ratio * n)`` of a barcode's ``n`` maskable k-mers, chosen
+            uniformly; ``"bernoulli"``: each k-mer independently with probability ``mask_ratio`` (the authors').
+        masked_loss_weight, visible_loss_weight: MAE only: the loss is ``masked_loss_weight`` times the
+            cross-entropy of the masked k-mers plus ``visible_loss_weight`` times that of reconstructing the visible
+            ones (keeps token identity in the encoder output). The authors mix ``w`` and ``1 - w`` (their default
+            ``w = 1``: masked positions only).
         objective: ``"mae"`` (encoder sees only kept tokens, decoder reconstructs) or ``"mlm"``
             (BarcodeBERT baseline: ``[MASK]`` tokens in the encoder input, encoder-only prediction head).
         position_embedding_type: ``"absolute"`` (learned, as in BERT) or ``"rotary"`` (RoPE in every attention).
+        norm_position: ``"pre"``: pre-norm blocks (``x + f(norm(x))``) and a final LayerNorm. ``"post"``: BERT's
+            design, the authors': post-norm blocks (``norm(x + f(x))``), a LayerNorm on the embeddings and none at
+            the end; the MAE decoder then always projects the encoder output, normalises its input like BERT
+            embeddings (LayerNorm, dropout) and applies dropout before its prediction layer.
         hidden_dropout_prob, attention_probs_dropout_prob: dropout rates.
         hidden_act: activation of the feed-forward blocks.
         initializer_range: std of the normal weight initialisation.
@@ -72,9 +84,12 @@ class BarcodeMAEConfig(PreTrainedConfig):
     decoder_num_attention_heads: int = 6
     decoder_intermediate_size: int = 3072
     mask_ratio: float = 0.5
+    mask_sampling: str = "count"
+    masked_loss_weight: float | int = 1.0
     visible_loss_weight: float | int = 0.0
     objective: str = "mae"
     position_embedding_type: str = "absolute"
+    norm_position: str = "pre"
     rope_theta: float | int = 10000.0
     hidden_dropout_prob: float | int = 0.1
     attention_probs_dropout_prob: float | int = 0.1
@@ -130,7 +145,15 @@ class BarcodeMAEConfig(PreTrainedConfig):
             self.position_embedding_type in POSITION_EMBEDDING_TYPES,
             f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES} (got {self.position_embedding_type!r})",
         )
+        require(
+            self.norm_position in NORM_POSITIONS,
+            f"norm_position must be one of {NORM_POSITIONS} (got {self.norm_position!r})",
+        )
         require(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1) (got {self.mask_ratio})")
+        require(
+            self.mask_sampling in MASK_SAMPLINGS,
+            f"mask_sampling must be one of {MASK_SAMPLINGS} (got {self.mask_sampling!r})",
+        )
         require(
             1 <= self.embedding_frames <= self.k_mer,
             f"embedding_frames must be in 1..k_mer={self.k_mer} (got {self.embedding_frames})",
@@ -147,6 +170,11 @@ class BarcodeMAEConfig(PreTrainedConfig):
             f"genus_loss_weight > 0 needs num_genus_labels >= 2 (got {self.num_genus_labels})",
         )
         require(self.visible_loss_weight >= 0, f"visible_loss_weight must be >= 0 (got {self.visible_loss_weight})")
+        require(self.masked_loss_weight >= 0, f"masked_loss_weight must be >= 0 (got {self.masked_loss_weight})")
+        require(
+            self.masked_loss_weight + self.visible_loss_weight > 0,
+            "masked_loss_weight and visible_loss_weight cannot both be 0",
+        )
         for prefix in ("", "decoder_"):
             width = getattr(self, f"{prefix}hidden_size")
             heads = getattr(self, f"{prefix}num_attention_heads")
