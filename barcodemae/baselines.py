@@ -2,8 +2,8 @@
 open-set identifiers of the field (`barcodemae.openset`): ``vsearch --sintax`` and a vsearch top hit with BOLD-style
 identity cuts.
 
-Use with :func:`barcodemae.evaluation.evaluate_features` (``lambda seqs: kmer_count_features(seqs, 5)``) and
-:func:`barcodemae.evaluation.evaluate_predictor` (``vsearch_genus_1nn``).
+Use with :func:`barcodemae.evaluation.tasks.evaluate_features` (``lambda seqs: kmer_count_features(seqs, 5)``) and
+:func:`barcodemae.evaluation.tasks.evaluate_predictor` (``vsearch_genus_1nn``).
 """
 
 from __future__ import annotations

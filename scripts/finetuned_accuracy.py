@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from barcodemae.evaluation import accuracy, load_records, macro_f1, prepare_protocol
+from barcodemae.evaluation.metrics import accuracy, macro_f1
+from barcodemae.evaluation.protocol import load_records, prepare_protocol
 
 
 @torch.inference_mode()

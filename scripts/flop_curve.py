@@ -4,7 +4,7 @@ the training FLOPs it had. Embeddings are cached as in scripts/val_protocol.py a
 kept, so re-running adds only new ones. Each scored readout keeps which queries it got right (``hits``: packed
 bits, base64, in the protocol's query order, fingerprinted by ``Partition.sha256``), so ``--paired`` computes each MAE
 point's difference from the same budget's MLM at matching FLOPs (paired bootstrap) from the results file alone: the
-two runs may be trained and scored in different sessions, their checkpoints long gone.
+two runs may be trained and scored at different times, their checkpoints long gone.
 ``--minus-row READOUT ROW`` pairs the same points with a row scripts/val_protocol.py scored and stored (the
 random-init twin, say).
 
@@ -25,18 +25,11 @@ import numpy as np
 from val_protocol import predictions_folder, readout_embeddings, stored_predictions
 
 from barcodemae.embedding import Embedder
-from barcodemae.evaluation import (
-    Protocol,
-    correct_predictions,
-    effective_rank,
-    harmonic_mean,
-    identification_score,
-    linear_probe,
-    load_records,
-    paired_hit_difference,
-    prepare_protocol,
-    seed_pooled_difference,
-)
+from barcodemae.evaluation.clustering import effective_rank
+from barcodemae.evaluation.metrics import correct_predictions, harmonic_mean, identification_score
+from barcodemae.evaluation.paired import paired_hit_difference, seed_pooled_difference
+from barcodemae.evaluation.probe import linear_probe
+from barcodemae.evaluation.protocol import Protocol, load_records, prepare_protocol
 from barcodemae.io import atomic_text
 from barcodemae.plots import EqualFlopsRun, plot_flop_curves
 from barcodemae.search import nearest_neighbors
@@ -134,7 +127,7 @@ def baseline_run(run: Path) -> Path:
 
 def points_to_pair(run: Path, stored: dict, every: int, at_tflop: list[float] | None) -> dict:
     """The stored points of ``run`` at the checkpoints ``every`` / ``at_tflop`` choose; all of them when its
-    checkpoints are gone (a run trained and scored in an earlier session)."""
+    checkpoints are gone (a run trained and scored earlier)."""
     chosen = {path.name.split("-")[1] for path in checkpoints(run, every, at_tflop)}
     return {step: point for step, point in stored.items() if step in chosen or not chosen}
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from barcodemae.embedding import Embedder, load_encoder
-from barcodemae.evaluation import genus_1nn_accuracy
+from barcodemae.evaluation.metrics import genus_1nn_accuracy
 
 FRAME_SETS = ([0], [0, 1], [0, 3], [0, 1, 2], [0, 2, 4], [0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5])
 

@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModel
 
 from barcodemae.data import read_barcodes
-from barcodemae.evaluation import effective_rank, genus_1nn_accuracy
+from barcodemae.evaluation.clustering import effective_rank
+from barcodemae.evaluation.metrics import genus_1nn_accuracy
 from tokenization_barcodemae import BarcodeMAETokenizer
 
 

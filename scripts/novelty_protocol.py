@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from barcodemae.embedding import Embedder, cached_embeddings, default_model_path
-from barcodemae.evaluation import load_records, prepare_protocol
+from barcodemae.evaluation.protocol import load_records, prepare_protocol
 from barcodemae.io import atomic_text
 from barcodemae.reference import ReferenceIndex, _best_split, _same_and_other_species, calibrate_threshold
 from barcodemae.search import candidate_identities, nearest_neighbors

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from flop_curve import paired_cell, unpack_hits
 
-from barcodemae.evaluation import Partition, load_records, paired_hit_difference, prepare_protocol
+from barcodemae.evaluation.paired import paired_hit_difference
+from barcodemae.evaluation.protocol import Partition, load_records, prepare_protocol
 
 
 def point_hits(results: dict, point: str, readout: str, queries: Partition) -> np.ndarray:

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from barcodemae.embedding import Embedder, cached_embeddings, default_model_path
-from barcodemae.evaluation import identification_score, load_records, paired_difference, prepare_protocol
+from barcodemae.evaluation.metrics import identification_score
+from barcodemae.evaluation.paired import paired_difference
+from barcodemae.evaluation.protocol import load_records, prepare_protocol
 from barcodemae.io import atomic_text
 from barcodemae.search import nearest_neighbors, rerank_by_alignment
 

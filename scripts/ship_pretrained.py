@@ -90,8 +90,8 @@ def budget_markdown(run: Path, steps: int, batch: int) -> str:
         f"* Budget: {budget['budget_pflop']:g} PFLOP of training FLOPs (`scripts/equal_flops.sh {budget['recipe']} "
         f"{budget['budget_pflop']:g}`; {tflop:.3g} TFLOP a step of {batch} counted by `torch.utils.flop_counter`,"
         f" `benchmarks/pretrain_step.py`): {steps} steps = {steps * tflop / 1000:.3g} PFLOP, warm-up 5% then a"
-        " cosine schedule that reaches 0 at the last step. The run was resumed across sessions from its"
-        " checkpoints; the sessions, machines and wall time it really had are in `results/equal-flops.md`.\n"
+        " cosine schedule that reaches 0 at the last step; `scripts/equal_flops.sh` started again resumes a run from"
+        " its last complete checkpoint.\n"
     )
 
 
@@ -146,7 +146,7 @@ described above):
 {chr(10).join(rows)}
 
 The preset file is read when the run starts; `config.json` holds the configuration the run actually used (the
-`small` preset has changed since session 1). The readout (`readout`, `embedding_frames`) is set at export.
+`small` preset may have changed since). The readout (`readout`, `embedding_frames`) is set at export.
 
 Export: `` {export_command} ``.
 """

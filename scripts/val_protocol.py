@@ -19,13 +19,9 @@ import torch
 
 from barcodemae.baselines import kmer_nearest, vsearch_genus_1nn
 from barcodemae.embedding import Embedder, cached_embeddings
-from barcodemae.evaluation import (
-    Partition,
-    identification_score,
-    load_records,
-    paired_difference,
-    prepare_protocol,
-)
+from barcodemae.evaluation.metrics import identification_score
+from barcodemae.evaluation.paired import paired_difference
+from barcodemae.evaluation.protocol import Partition, load_records, prepare_protocol
 from barcodemae.io import atomic_text
 from barcodemae.search import nearest_neighbors
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,16 @@ from barcodemae.simulate import simulate_barcodes, with_splits, write_fasta, wri
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def simulated_records() -> list[dict]:
-    """240 clean simulated records (2 orders, 4 families, 12 genera, 48 species, 5 specimens each) with splits."""
+@cache
+def _simulated_records() -> list[dict]:
     return with_splits(simulate_barcodes(seed=0), seed=0)
+
+
+@pytest.fixture
+def simulated_records() -> list[dict]:
+    """240 clean simulated records (2 orders, 4 families, 12 genera, 48 species, 5 specimens each) with splits, built
+    once per test run and shared: copy them (the ``records`` fixture) before changing them."""
+    return _simulated_records()
 
 
 @pytest.fixture

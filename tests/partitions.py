@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from barcodemae.evaluation import Partition
+from barcodemae.evaluation.protocol import Partition
 
 
 def unseen_queries(sequences: list[str]) -> Partition:

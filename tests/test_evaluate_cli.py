@@ -115,7 +115,7 @@ def test_evaluate_scores_a_finetuned_species_classifier_beside_the_linear_probe(
     from tiny_models import tiny_config
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from barcodemae.evaluation import load_records, prepare_protocol
+    from barcodemae.evaluation.protocol import load_records, prepare_protocol
     from modeling_barcodemae import BarcodeMAEModel
     from tokenization_barcodemae import BarcodeMAETokenizer
 

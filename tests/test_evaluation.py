@@ -11,16 +11,45 @@ import pytest
 import torch
 from tiny_models import tiny_config
 
-from barcodemae import evaluation as ev
 from barcodemae import search
 from barcodemae.baselines import kmer_count_features
 from barcodemae.embedding import Embedder, corrupt_tokens
+from barcodemae.evaluation import tasks
+from barcodemae.evaluation.clustering import (
+    ZERO_SHOT_UMAP,
+    effective_rank,
+    mean_pairwise_cosine,
+    zero_shot_clustering,
+    zscore,
+)
+from barcodemae.evaluation.metrics import (
+    accuracy,
+    accuracy_with_interval,
+    adjusted_mutual_info,
+    genus_1nn_accuracy,
+    harmonic_mean,
+    macro_f1,
+    one_nn_accuracy,
+)
+from barcodemae.evaluation.paired import seed_pooled_difference, seeds_needed
+from barcodemae.evaluation.probe import ProbeConfig, linear_probe
+from barcodemae.evaluation.protocol import _partition, first_occurrence_indices, load_records, prepare_protocol
+from barcodemae.evaluation.report import results_to_markdown
+from barcodemae.evaluation.runner import BASELINES, Progress, _Job, _row_jobs, _run_rows, format_seconds, model_names
+from barcodemae.evaluation.tasks import (
+    RESULT_KEYS,
+    Stage,
+    _clustering,
+    evaluate_embedder,
+    evaluate_features,
+    evaluate_predictor,
+)
 from barcodemae.plots import plot_robustness, plot_training_curves, plot_tsne, underrepresented_genera
 from barcodemae.simulate import simulate_barcodes
 from modeling_barcodemae import BarcodeMAEModel
 from tokenization_barcodemae import BarcodeMAETokenizer
 
-QUICK_PROBE = ev.ProbeConfig(lr=1e-2, min_steps=200)  # enough for the (near-)separable simulated features
+QUICK_PROBE = ProbeConfig(lr=1e-2, min_steps=200)  # enough for the (near-)separable simulated features
 
 
 @pytest.fixture(autouse=True)
@@ -35,39 +64,39 @@ def records():
 
 @pytest.fixture(scope="module")
 def protocol(records):
-    return ev.prepare_protocol(records)  # no split column: assign_bioscan_splits
+    return prepare_protocol(records)  # no split column: assign_bioscan_splits
 
 
 # ------------------------------------------------------------------------------------------- metrics
 def test_accuracy_and_macro_f1_hand_computed():
-    assert ev.accuracy([1, 2, 3], [1, 2, 2]) == pytest.approx(200 / 3)
-    assert ev.accuracy(["a", "b"], ["a", "a"]) == pytest.approx(50.0)
+    assert accuracy([1, 2, 3], [1, 2, 2]) == pytest.approx(200 / 3)
+    assert accuracy(["a", "b"], ["a", "a"]) == pytest.approx(50.0)
     # F1 per class: 1 -> 1, 2 -> P 1 R 1/2 = 2/3, 3 -> 0 (predicted, never true)
-    assert ev.macro_f1([1, 2, 3], [1, 2, 2]) == pytest.approx(100 * (1 + 2 / 3 + 0) / 3)
-    assert math.isnan(ev.accuracy([], []))
+    assert macro_f1([1, 2, 3], [1, 2, 2]) == pytest.approx(100 * (1 + 2 / 3 + 0) / 3)
+    assert math.isnan(accuracy([], []))
 
 
 def test_ami_and_harmonic_mean():
-    assert ev.adjusted_mutual_info([5, 5, 7, 7, 9, 9], ["x", "x", "y", "y", "z", "z"]) == pytest.approx(1.0)
-    assert ev.adjusted_mutual_info([0, 0, 0, 0], ["x", "x", "y", "y"]) == pytest.approx(0.0)
-    assert ev.harmonic_mean(80.0, 40.0) == pytest.approx(2 * 80 * 40 / 120)
-    assert ev.harmonic_mean(0.0, 0.0) == 0.0
-    assert ev.harmonic_mean(None, 50.0) is None
-    assert ev.harmonic_mean(float("nan"), 50.0) is None
+    assert adjusted_mutual_info([5, 5, 7, 7, 9, 9], ["x", "x", "y", "y", "z", "z"]) == pytest.approx(1.0)
+    assert adjusted_mutual_info([0, 0, 0, 0], ["x", "x", "y", "y"]) == pytest.approx(0.0)
+    assert harmonic_mean(80.0, 40.0) == pytest.approx(2 * 80 * 40 / 120)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+    assert harmonic_mean(None, 50.0) is None
+    assert harmonic_mean(float("nan"), 50.0) is None
 
 
 def test_effective_rank_and_mean_cosine():
-    assert ev.effective_rank(np.eye(8)) == pytest.approx(8.0)
+    assert effective_rank(np.eye(8)) == pytest.approx(8.0)
     rank_one = np.outer(np.arange(1, 11), np.ones(6))
-    assert ev.effective_rank(rank_one) == pytest.approx(1.0)
+    assert effective_rank(rank_one) == pytest.approx(1.0)
     x = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
-    assert ev.mean_pairwise_cosine(x) == pytest.approx((0 + 2 * 2**-0.5) / 3)
-    assert ev.mean_pairwise_cosine(np.ones((5, 3))) == pytest.approx(1.0)
+    assert mean_pairwise_cosine(x) == pytest.approx((0 + 2 * 2**-0.5) / 3)
+    assert mean_pairwise_cosine(np.ones((5, 3))) == pytest.approx(1.0)
 
 
 def test_zscore_per_dimension():
     x = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 0.0]])
-    z = ev.zscore(x)
+    z = zscore(x)
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-12)
     np.testing.assert_allclose(z[:, 0], [-(1.5**0.5), 0.0, 1.5**0.5])
     assert (z[:, 1] == 0).all()  # a constant dimension carries nothing
@@ -81,25 +110,25 @@ def test_zero_shot_clustering_separates_clusters_and_skips_missing_labels():
     bins = [None if i % 10 == 0 else f"BOLD:{s}" for i, s in enumerate(species)]
     # two partitions, z-scored separately: the second is shifted and scaled, which z-scoring undoes
     parts = [emb[:20], 3 * emb[20:] + 100]
-    result = ev.zero_shot_clustering(parts, {"species": list(species), "bin": bins, "one": ["x"] * 40})
+    result = zero_shot_clustering(parts, {"species": list(species), "bin": bins, "one": ["x"] * 40})
     assert result["species"] == pytest.approx(1.0) and result["bin"] == pytest.approx(1.0)
     assert math.isnan(result["one"])  # a single label cannot be scored
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # numba's OpenMP layer must not widen torch's thread pool (OMP_NUM_THREADS=1 stays 1)
-        noise = ev.zero_shot_clustering([rng.normal(size=(40, 3))], {"species": list(species)})
+        noise = zero_shot_clustering([rng.normal(size=(40, 3))], {"species": list(species)})
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
     assert noise["species"] < 0.5
-    assert ev.ZERO_SHOT_UMAP == {"n_components": 50, "n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
+    assert ZERO_SHOT_UMAP == {"n_components": 50, "n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
 
 
 def test_accuracy_with_interval_resamples_queries():
-    score, (low, high) = ev.accuracy_with_interval(list("aaab"), list("aaaa"))
+    score, (low, high) = accuracy_with_interval(list("aaab"), list("aaaa"))
     assert score == 75.0 and low <= 75.0 <= high and (low, high) != (75.0, 75.0)
-    assert ev.accuracy_with_interval(list("ab"), list("ab")) == (100.0, (100.0, 100.0))
-    assert ev.accuracy_with_interval([], []) == (pytest.approx(float("nan"), nan_ok=True), None)
+    assert accuracy_with_interval(list("ab"), list("ab")) == (100.0, (100.0, 100.0))
+    assert accuracy_with_interval([], []) == (pytest.approx(float("nan"), nan_ok=True), None)
 
 
 def test_seed_pooled_difference_of_identical_seeds_is_one_seeds_interval_over_species():
@@ -108,7 +137,7 @@ def test_seed_pooled_difference_of_identical_seeds_is_one_seeds_interval_over_sp
     base = (rng.random(200) < 0.5).astype(float)
     ahead = base.copy()
     ahead[species < 8] = 1.0  # A gets 8 more species right, whatever the seed
-    steady = ev.seed_pooled_difference([ahead, ahead], [base, base], species)
+    steady = seed_pooled_difference([ahead, ahead], [base, base], species)
     per_species = 100 * (ahead - base).reshape(40, 5).mean(1)
     assert steady["seeds"] == 2
     assert steady["per_species"] == pytest.approx(per_species.mean(), abs=0.01)
@@ -117,10 +146,10 @@ def test_seed_pooled_difference_of_identical_seeds_is_one_seeds_interval_over_sp
         (per_species.mean() - half, per_species.mean() + half), abs=0.01
     )
     assert steady["standard_errors"] > 2 and steady["variance_components"]["noise"] == 0
-    same = ev.seed_pooled_difference([base, base], [base, base], species)
+    same = seed_pooled_difference([base, base], [base, base], species)
     assert same["per_species_interval"] == (0, 0) and same["standard_errors"] is None
     with pytest.raises(ValueError, match="two or more seeds"):
-        ev.seed_pooled_difference([ahead], [base], species)
+        seed_pooled_difference([ahead], [base], species)
 
 
 def test_seed_pooled_interval_narrows_with_seeds_when_the_noise_is_each_species_own():
@@ -128,7 +157,7 @@ def test_seed_pooled_interval_narrows_with_seeds_when_the_noise_is_each_species_
     species = np.repeat(np.arange(100), 4)
     base = np.zeros(400)
     seeds = [(rng.random(400) < 0.3).astype(float) for _ in range(8)]  # A's hits: fresh noise every seed
-    two, eight = (ev.seed_pooled_difference(seeds[:n], [base] * n, species) for n in (2, 8))
+    two, eight = (seed_pooled_difference(seeds[:n], [base] * n, species) for n in (2, 8))
     width = {n: r["per_species_interval"][1] - r["per_species_interval"][0] for n, r in ((2, two), (8, eight))}
     assert width[8] < 0.6 * width[2]
     assert eight["variance_components"]["species"] < eight["variance_components"]["noise"] / 5
@@ -139,20 +168,20 @@ def test_seed_pooled_interval_counts_a_seed_that_is_better_everywhere():
     base = np.zeros(100)
     steady = np.tile([1.0, 0.0], 50)
     lucky = np.ones(100)  # one seed of A gets every query right: its gain is the seed's, not the species'
-    result = ev.seed_pooled_difference([steady, steady, lucky], [base] * 3, species)
-    alike = ev.seed_pooled_difference([steady] * 3, [base] * 3, species)
+    result = seed_pooled_difference([steady, steady, lucky], [base] * 3, species)
+    alike = seed_pooled_difference([steady] * 3, [base] * 3, species)
     assert result["variance_components"]["seed"] > 0 and alike["variance_components"]["seed"] == 0
     assert result["per_species_interval"][0] < 50 and result["per_species_interval"][1] > 95
 
 
 def test_seeds_needed_for_two_standard_errors():
     components = {"species": 64.0, "seed": 0.0, "noise": 871.0}  # 0.5 PFLOP's, in points²
-    assert ev.seeds_needed(components, 242, 1.59) == 10
-    assert ev.seeds_needed(components, 242, 10.0) == 1
-    assert ev.seeds_needed(components, 242, 1.0) is None  # the choice of species alone keeps it under 2 SE
-    assert ev.seeds_needed(components, 242, 0.0) is None
+    assert seeds_needed(components, 242, 1.59) == 10
+    assert seeds_needed(components, 242, 10.0) == 1
+    assert seeds_needed(components, 242, 1.0) is None  # the choice of species alone keeps it under 2 SE
+    assert seeds_needed(components, 242, 0.0) is None
     with_seed_luck = {**components, "seed": 1.0}
-    assert ev.seeds_needed(with_seed_luck, 242, 1.59) > 10
+    assert seeds_needed(with_seed_luck, 242, 1.59) > 10
 
 
 @pytest.mark.parametrize(
@@ -166,7 +195,7 @@ def test_seed_pooled_interval_covers_the_true_difference_about_95_percent_of_the
     for _ in range(400):  # 60 species from a population whose mean A − B is 50 points
         p = np.repeat(rng.uniform(*spread, 60), 5)
         seeds = [(rng.random(300) < p).astype(float) for _ in range(n_seeds)]
-        low, high = ev.seed_pooled_difference(seeds, [np.zeros(300)] * n_seeds, species)["per_species_interval"]
+        low, high = seed_pooled_difference(seeds, [np.zeros(300)] * n_seeds, species)["per_species_interval"]
         covered += low <= 50 <= high
     assert 0.91 <= covered / 400 <= 0.985
 
@@ -199,9 +228,9 @@ def test_one_nn_perfect_and_constant_embeddings():
     query_genus = np.array(["C", "A", "B", "C"])
     table = dict(zip("ABC", np.eye(3)))
     as_emb = lambda labels: np.stack([table[g] for g in labels])  # noqa: E731
-    assert ev.genus_1nn_accuracy(as_emb(query_genus), query_genus, as_emb(ref_genus), ref_genus) == 100.0
+    assert genus_1nn_accuracy(as_emb(query_genus), query_genus, as_emb(ref_genus), ref_genus) == 100.0
     # constant embeddings: every query ties with every reference and gets reference 0's genus ("A")
-    constant = ev.one_nn_accuracy(np.ones((4, 3)), query_genus, np.ones((5, 3)), ref_genus)
+    constant = one_nn_accuracy(np.ones((4, 3)), query_genus, np.ones((5, 3)), ref_genus)
     assert constant == pytest.approx(100 * np.mean(query_genus == "A"))
 
 
@@ -211,7 +240,7 @@ def test_linear_probe_separable_and_exclusions():
     y_train, y_test = np.repeat(list("abcd"), 20), np.array(list("abcd" * 3) + ["e", "e"])
     x_train = centres[np.searchsorted(list("abcd"), y_train)] + rng.normal(size=(80, 6))
     x_test = np.concatenate([centres[np.arange(12) % 4] + rng.normal(size=(12, 6)), rng.normal(size=(2, 6))])
-    result = ev.linear_probe(x_train, y_train, x_test, y_test)
+    result = linear_probe(x_train, y_train, x_test, y_test)
     assert result["accuracy"] == 100.0 and result["macro_f1"] == 100.0
     assert result["accuracy_interval"] == (100.0, 100.0)
     assert (result["n_test"], result["n_test_excluded"], result["n_classes"]) == (12, 2, 4)
@@ -219,7 +248,7 @@ def test_linear_probe_separable_and_exclusions():
 
 # -------------------------------------------------------------------------------------------- protocol
 def test_first_occurrence_indices_keep_the_first_of_each_barcode():
-    assert ev.first_occurrence_indices(["AC", "GT", "AC", "TT", "GT"]).tolist() == [0, 1, 3]
+    assert first_occurrence_indices(["AC", "GT", "AC", "TT", "GT"]).tolist() == [0, 1, 3]
 
 
 def test_protocol_split_invariants(protocol):
@@ -247,7 +276,7 @@ def test_protocol_respects_split_column_dedup_and_missing_labels():
             ("p6", "TTTA", None, "G c", None, "val_unseen"),
         ]
     ]
-    protocol = ev.prepare_protocol(rows, seen_split="val", unseen_split="val_unseen")
+    protocol = prepare_protocol(rows, seen_split="val", unseen_split="val_unseen")
     assert protocol.train.processids == ["p1", "p3"] and protocol.test.processids == ["p4"]
     assert protocol.counts["train_duplicates_removed"] == 1
     assert protocol.counts["train_without_genus"] == 1 and protocol.counts["val_unseen_without_genus"] == 1
@@ -256,7 +285,7 @@ def test_protocol_respects_split_column_dedup_and_missing_labels():
     assert protocol.train.record_species == ["G a", "G a", None]
     assert "Unused partitions: test (0)" not in protocol.description
     with pytest.raises(ValueError, match=r"is empty.*split values: 'train' \(3\), 'val' \(1\)"):
-        ev.prepare_protocol(rows)
+        prepare_protocol(rows)
 
 
 def test_subsample_keeps_the_records_of_the_kept_rows():
@@ -264,7 +293,7 @@ def test_subsample_keeps_the_records_of_the_kept_rows():
         {"processid": f"p{i}", "dna_barcode": seq, "genus": "G", "species": f"G {seq}", "split": "train"}
         for i, seq in enumerate(["AAAA", "CCCC", "AAAA", "GGGG", "CCCC", "TTTT"])
     ]
-    partition, _ = ev._partition(rows, "train")
+    partition, _ = _partition(rows, "train")
     assert partition.occurrence.tolist() == [0, 1, 0, 2, 1, 3]
     small = partition.subsample(2, seed=0)
     assert len(small) == 2
@@ -307,8 +336,8 @@ def _bioscan_5m_csv(path, rows=BIOSCAN_5M_ROWS):
 
 
 def test_bioscan_5m_metadata_csv_is_recognised_without_flags(tmp_path):
-    records, _ = ev.load_records(_bioscan_5m_csv(tmp_path / "BIOSCAN_5M_Insect_Dataset_metadata.csv"))
-    protocol = ev.prepare_protocol(records)
+    records, _ = load_records(_bioscan_5m_csv(tmp_path / "BIOSCAN_5M_Insect_Dataset_metadata.csv"))
+    protocol = prepare_protocol(records)
     assert protocol.train.processids == ["P02", "P03", "P04"]  # key_unseen is not a reference for genus 1-NN
     assert protocol.test.processids == ["P05"] and protocol.unseen.processids == ["P08", "P09"]
     assert protocol.unseen.genus == ["Aedes", "Culex"] and protocol.unseen.bin == ["BOLD:AAA0004", "BOLD:AAA0005"]
@@ -318,8 +347,8 @@ def test_bioscan_5m_metadata_csv_is_recognised_without_flags(tmp_path):
     )
     assert "does not define" not in protocol.description
     renamed = [(*row[:5], "unseen" if row[5] == "key_unseen" else row[5]) for row in BIOSCAN_5M_ROWS]
-    records, _ = ev.load_records(_bioscan_5m_csv(tmp_path / "renamed.csv", renamed))
-    assert "Split values BIOSCAN-5M does not define: unseen (1)." in ev.prepare_protocol(records).description
+    records, _ = load_records(_bioscan_5m_csv(tmp_path / "renamed.csv", renamed))
+    assert "Split values BIOSCAN-5M does not define: unseen (1)." in prepare_protocol(records).description
 
 
 # -------------------------------------------------------------------------------------------- end to end
@@ -342,8 +371,8 @@ def _label_embedder(protocol, column):
 
 def test_perfect_genus_embedding_scores_100(protocol):
     embed, calls = _label_embedder(protocol, "genus")
-    result = ev.evaluate_embedder(embed, protocol, robustness_rates=(0.0, 0.5), probe=QUICK_PROBE)
-    assert set(ev.RESULT_KEYS) <= set(result)
+    result = evaluate_embedder(embed, protocol, robustness_rates=(0.0, 0.5), probe=QUICK_PROBE)
+    assert set(RESULT_KEYS) <= set(result)
     assert result["genus_1nn_unseen_accuracy"] == 100.0
     assert result["genus_1nn_unseen_accuracy_interval"] == (100.0, 100.0)
     assert result["robustness"] == {"masking": {0.0: 100.0, 0.5: 100.0}, "deletion": {0.0: 100.0, 0.5: 100.0}}
@@ -354,7 +383,7 @@ def test_perfect_genus_embedding_scores_100(protocol):
 
 def test_perfect_species_embedding_scores_100_probe(protocol):
     embed, _ = _label_embedder(protocol, "species")
-    result = ev.evaluate_embedder(embed, protocol, robustness_rates=None, probe=QUICK_PROBE)
+    result = evaluate_embedder(embed, protocol, robustness_rates=None, probe=QUICK_PROBE)
     assert result["species_linear_probe_accuracy"] == 100.0
     assert result["species_1nn_test_accuracy"] == 100.0
     assert result["species_linear_probe_accuracy_interval"] == result["species_1nn_test_accuracy_interval"]
@@ -364,10 +393,10 @@ def test_perfect_species_embedding_scores_100_probe(protocol):
 
 def test_clustering_uses_every_record_of_both_test_partitions(protocol, monkeypatch):
     seen = {}
-    monkeypatch.setattr(ev, "zero_shot_clustering", lambda parts, targets, seed: seen.update(parts=parts, **targets))
+    monkeypatch.setattr(tasks, "zero_shot_clustering", lambda parts, targets, seed: seen.update(parts=parts, **targets))
     test_emb = np.arange(len(protocol.test), dtype=np.float32)[:, None]
     unseen_emb = -np.arange(len(protocol.unseen), dtype=np.float32)[:, None]
-    ev._clustering(protocol, test_emb, unseen_emb, seed=0)
+    _clustering(protocol, test_emb, unseen_emb, seed=0)
     test_part, unseen_part = seen["parts"]
     assert test_part[:, 0].tolist() == protocol.test.occurrence.tolist()
     assert unseen_part[:, 0].tolist() == (-protocol.unseen.occurrence).tolist()
@@ -376,7 +405,7 @@ def test_clustering_uses_every_record_of_both_test_partitions(protocol, monkeypa
 
 
 def test_constant_embedding_scores_chance(protocol):
-    result = ev.evaluate_features(lambda seqs: np.ones((len(seqs), 4), dtype=np.float32), protocol, probe=QUICK_PROBE)
+    result = evaluate_features(lambda seqs: np.ones((len(seqs), 4), dtype=np.float32), protocol, probe=QUICK_PROBE)
     first_genus = next(g for g in protocol.train.genus if g)
     unseen = [g for g in protocol.unseen.genus if g]
     assert result["genus_1nn_unseen_accuracy"] == pytest.approx(100 * np.mean(np.array(unseen) == first_genus))
@@ -385,7 +414,7 @@ def test_constant_embedding_scores_chance(protocol):
 
 
 def test_kmer_features_and_predictor_rows(protocol):
-    kmer = ev.evaluate_features(lambda seqs: kmer_count_features(seqs, 4), protocol, probe=QUICK_PROBE)
+    kmer = evaluate_features(lambda seqs: kmer_count_features(seqs, 4), protocol, probe=QUICK_PROBE)
     assert kmer["genus_1nn_unseen_accuracy"] > 50 and kmer["species_1nn_test_accuracy"] > 90
     lookup = {}
     for p in (protocol.train, protocol.test, protocol.unseen):
@@ -395,10 +424,10 @@ def test_kmer_features_and_predictor_rows(protocol):
         column = 0 if ref_labels[0] in {g for g, _ in lookup.values()} else 1
         return [lookup[q][column] for q in queries]
 
-    direct = ev.evaluate_predictor(oracle, protocol)
+    direct = evaluate_predictor(oracle, protocol)
     assert direct["genus_1nn_unseen_accuracy"] == 100.0 and direct["species_1nn_test_accuracy"] == 100.0
     assert direct["species_linear_probe_accuracy"] is None and direct["harmonic_mean"] is None
-    table = ev.results_to_markdown(
+    table = results_to_markdown(
         {"k-mer 4": kmer, "oracle": direct, "vsearch": {"skipped": "vsearch not installed (apt-get install vsearch)"}}
     )
     lines = table.splitlines()
@@ -410,16 +439,16 @@ def test_kmer_features_and_predictor_rows(protocol):
 
 
 def test_markdown_robustness_table():
-    row = dict.fromkeys(ev.RESULT_KEYS)
+    row = dict.fromkeys(RESULT_KEYS)
     row["robustness"] = {"masking": {0.0: 50.0, 0.1: 40.0}, "deletion": {0.0: 50.0, 0.1: 30.0}}
-    table = ev.results_to_markdown({"m": row})
+    table = results_to_markdown({"m": row})
     assert "| m | masking | 50.00 | 40.00 |" in table and "| m | deletion | 50.00 | 30.00 |" in table
     row["robustness_interval"] = {"masking": {0.0: (45.0, 55.0), 0.1: (35.0, 45.0)}}
-    assert "| m | masking | 50.00 [45.0, 55.0] | 40.00 [35.0, 45.0] |" in ev.results_to_markdown({"m": row})
+    assert "| m | masking | 50.00 [45.0, 55.0] | 40.00 [35.0, 45.0] |" in results_to_markdown({"m": row})
 
 
 def test_progress_times_each_stage_of_each_row():
-    progress = ev.Progress(rows=2, enabled=False)
+    progress = Progress(rows=2, enabled=False)
     for name in ("a", "b"):
         stage = progress.start(name)
         stage("one")
@@ -429,8 +458,8 @@ def test_progress_times_each_stage_of_each_row():
     assert set(progress.seconds) == {"a", "b"}
     assert set(progress.seconds["a"]) == {"one", "two", "total"}
     assert all(seconds >= 0 for seconds in progress.seconds["b"].values())
-    assert ev.format_seconds(42.04) == "42.0 s" and ev.format_seconds(185) == "3 min 05 s"
-    assert ev.format_seconds(3720) == "1 h 02 min"
+    assert format_seconds(42.04) == "42.0 s" and format_seconds(185) == "3 min 05 s"
+    assert format_seconds(3720) == "1 h 02 min"
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -463,9 +492,9 @@ def test_underrepresented_genera_lower_half():
 
 
 def test_model_names_are_short_and_unique():
-    assert ev.model_names(["pretrained/a", "pretrained/b"]) == ["a", "b"]
-    assert ev.model_names(["runs/mae/encoder", "runs/mlm/encoder"]) == ["mae/encoder", "mlm/encoder"]
-    assert ev.model_names(["x/run/encoder", "y/run/encoder"]) == ["x/run/encoder", "y/run/encoder"]
+    assert model_names(["pretrained/a", "pretrained/b"]) == ["a", "b"]
+    assert model_names(["runs/mae/encoder", "runs/mlm/encoder"]) == ["mae/encoder", "mlm/encoder"]
+    assert model_names(["x/run/encoder", "y/run/encoder"]) == ["x/run/encoder", "y/run/encoder"]
 
 
 # --------------------------------------------------------------------------------- corrupted embeddings
@@ -500,7 +529,7 @@ def test_deleted_tokens_take_the_fast_path_only_where_the_readout_ignores_positi
 
 
 # ------------------------------------------------------------------------------------------ worker processes
-def _row_in_a_process(value: int, job: ev._Job, stage: ev.Stage) -> dict:
+def _row_in_a_process(value: int, job: _Job, stage: Stage) -> dict:
     stage("working")
     return {"value": value, "pid": os.getpid(), "threads": torch.get_num_threads(), "train": len(job.protocol.train)}
 
@@ -508,12 +537,12 @@ def _row_in_a_process(value: int, job: ev._Job, stage: ev.Stage) -> dict:
 def test_rows_run_in_worker_processes_in_row_order_with_their_stage_times(protocol):
     import pickle
 
-    pickle.dumps(ev._row_jobs(["model-a", "model-b"], ev.BASELINES))  # the real rows travel to workers too
-    job = ev._Job(protocol, 0, None, None, [])
+    pickle.dumps(_row_jobs(["model-a", "model-b"], BASELINES))  # the real rows travel to workers too
+    job = _Job(protocol, 0, None, None, [])
     rows = [(f"row {i}", partial(_row_in_a_process, i)) for i in range(3)]
-    bar = ev.Progress(len(rows), enabled=False)
+    bar = Progress(len(rows), enabled=False)
     threads = torch.get_num_threads()
-    results = ev._run_rows(rows, job, bar, workers=2)
+    results = _run_rows(rows, job, bar, workers=2)
     assert list(results) == [name for name, _ in rows] and [r["value"] for r in results.values()] == [0, 1, 2]
     assert os.getpid() not in {r["pid"] for r in results.values()} and results["row 0"]["train"] == len(protocol.train)
     assert {r["threads"] for r in results.values()} == {max(1, threads // 2)} and torch.get_num_threads() == threads

@@ -132,7 +132,7 @@ def test_query_fingerprint_follows_sequences_and_their_order():
 
 
 def test_each_run_is_paired_with_the_mlm_of_its_size_budget_and_seed_by_name_alone(tmp_path):
-    """No folder is needed: a run trained in an earlier session, its folder gone, still finds its baseline."""
+    """No folder is needed: a run whose folder is gone (trained and scored earlier) still finds its baseline."""
     from flop_curve import baseline_run
 
     for run, baseline in [
@@ -264,7 +264,7 @@ def test_points_are_paired_with_a_stored_val_protocol_row(tmp_path):
     from flop_curve import pack_hits, paired_against_row
     from val_protocol import predictions_folder, store_predictions
 
-    from barcodemae.evaluation import Protocol
+    from barcodemae.evaluation.protocol import Protocol
 
     queries = unseen_queries(["ACGT", "ACGA", "TTGA", "TTGC"])  # genera A, A, B, B
     protocol = Protocol(train=queries, test=queries, unseen=queries, description="four queries")

@@ -9,7 +9,7 @@ import torch
 from cli_helpers import tiny_pretraining_model
 from partitions import unseen_queries
 
-from barcodemae.evaluation import Protocol
+from barcodemae.evaluation.protocol import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 

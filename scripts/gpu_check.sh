@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# One lent-GPU session (an H100/H200; at most 600 s a call and ~15 minutes of device time in all, start
-# included): the compiled GPU benchmark at the paper's size (issue 13's MFU target), then the equal-FLOP runs of
-# issue 13 (scripts/equal_flops.sh) one after another on the real barcodes. Everything that comes back is written
+# The GPU check (an H100/H200; at most 600 s a call and ~15 minutes of device time in all, start included): the
+# compiled GPU benchmark at the paper's size (the MFU target), then the equal-FLOP runs (scripts/equal_flops.sh) one
+# after another on the real barcodes. Everything that comes back is written
 # to $OUT (at most 8 files):
-#   session.log               environment, benchmark tables, per-run status
+#   gpu.log                   environment, benchmark tables, per-run status
 #   pretrain_step_gpu.json    (BENCHMARK=1) benchmarks.pretrain_step on the GPU, eager bf16: MAE vs MLM, ours vs
-#                             reference, MFU (measured on an H200 in session 12: 23% at the paper's size)
+#                             reference, MFU (on an H200: 23% at the paper's size)
 #   pretrain_step_gpu_compiled.json  the paper's size torch.compile'd, bf16: the MFU against the >= 40% target
 #   metrics.tgz               every run's log, run_info.json, trainer_state.json, loss curve
 #   val_protocol.json         scripts/val_protocol.py on each run's final encoder (mean and k-mer bag readouts)
 #   encoder-RUN.tgz           the small runs' exported final encoders
 #
-# Used as: device run "bash scripts/gpu_session.sh" with .gpudata (the data file) and .whl (wheels the image
+# Used as: device run "bash scripts/gpu_check.sh" with .gpudata (the data file) and .whl (wheels the image
 # lacks: datasets and its pins, transformers/evaluate as used here) carried. Settings (environment): BUDGET (PFLOP
 # per small run, 2), PAPER_BUDGET (also MLM and MAE at the paper's size, e.g. 30; unset: skipped), BATCH (256),
 # RUNS_TO_DO ("mlm mae-light-vis"; empty: none), BENCHMARK (1 adds the eager benchmark, ~3 min), COMPILED (0
@@ -20,7 +20,7 @@
 # time is unmeasured (allow its timeout). So within 600 s a call, run it as two calls: RUNS_TO_DO= (the compiled
 # benchmark alone), then COMPILED=0 (the runs). Dry run on CPU (the compiled stage is GPU-only):
 #   OUT=/tmp/gpu_out DEVICE=cpu BUDGET=0.0005 BATCH=8 PRESET=tiny INSTALL_WHEELS=0 PYTHON=.venv/bin/python \
-#     DATA=../shared/data/barcodes.tsv.gz RUN_TIMEOUT=900 RUNS_TO_DO=mae-light bash scripts/gpu_session.sh
+#     DATA=../shared/data/barcodes.tsv.gz RUN_TIMEOUT=900 RUNS_TO_DO=mae-light bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpudata/barcodes.tsv.gz}
@@ -36,7 +36,7 @@ RUNS_TO_DO=${RUNS_TO_DO-"mlm mae-light-vis"}
 RUNS=/tmp/barcodemae-runs
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" "$RUNS"
-LOG="$OUT/session.log"
+LOG="$OUT/gpu.log"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$PWD
 if [ -d .whl ] && [ "${INSTALL_WHEELS:-1}" = 1 ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
