@@ -34,7 +34,7 @@ species, ``genus`` for a novel species and ``family`` for a novel genus. Each qu
 
 Each outcome's rate is reported per species (the mean over the query species, each weighing the same: the
 headline, as one mosquito species is a third of ``val_unseen``) and micro, in percent with bootstrap 95% intervals
-(:func:`barcodemae.evaluation.identification_score`: species resampled, queries resampled), per group; plus the
+(:func:`barcodemae.evaluation.metrics.identification_score`: species resampled, queries resampled), per group; plus the
 three-group mean of the per-species correct rates. A query whose truth lacks its target rank (or its species,
 needed for per-species averaging), or whose target taxon is absent from the reference (a held-out genus that was
 its family's only genus in ``train``: no family can be right), is excluded and counted by reason.
@@ -54,7 +54,9 @@ import numpy as np
 
 from barcodemae.assign import COMMIT_RANKS, cutoffs
 from barcodemae.baselines import lineage_down_to, write_fasta_sequences
-from barcodemae.evaluation import identification_score, label, species_differences
+from barcodemae.evaluation.metrics import identification_score
+from barcodemae.evaluation.paired import species_differences
+from barcodemae.evaluation.protocol import label
 from barcodemae.io import atomic_paths, atomic_text
 
 GROUPS = ("known_species", "novel_species", "novel_genus")
@@ -358,3 +360,30 @@ def read_ranked_predictions(path: str | os.PathLike) -> dict[str, RankedAnswer]:
         if missing:
             raise ValueError(f"{path}: no open-set columns {', '.join(missing)} (this identify predates them?)")
         return {row["query_id"]: _ranked_row(row, line, path) for line, row in enumerate(reader, start=2)}
+
+
+def depth_diagnosis(ranked: Mapping[str, RankedAnswer], queries: Sequence[Query]) -> dict[str, Any]:
+    """Where a ranked method loses: ``ceiling``, the per-species correct rates had each answer stopped exactly at
+    its query's target rank (the same predictions, a perfect depth decision); ``separation``, how well a confidence
+    tells the groups apart (ROC AUC): the species confidence of known against novel species, the genus confidence
+    of novel species against novel genera."""
+    from sklearn.metrics import roc_auc_score
+
+    truncated = {
+        q.query_id: lineage_down_to(ranked[q.query_id].predicted, TARGET_RANK[q.group])
+        for q in queries
+        if q.query_id in ranked
+    }
+    separation = {}
+    for name, rank, positive, negative in (
+        ("species confidence: known vs novel species", "species", "known_species", "novel_species"),
+        ("genus confidence: novel species vs novel genus", "genus", "novel_species", "novel_genus"),
+    ):
+        values = {
+            g: [ranked[q.query_id].confidence[rank] for q in _scored(queries, g) if q.query_id in ranked]
+            for g in (positive, negative)
+        }
+        if values[positive] and values[negative]:
+            labels = [1] * len(values[positive]) + [0] * len(values[negative])
+            separation[name] = round(float(roc_auc_score(labels, values[positive] + values[negative])), 3)
+    return {"ceiling": per_species_correct(truncated, queries), "separation": separation}

@@ -44,7 +44,8 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from barcodemae.embedding import Embedder, default_model_path
-from barcodemae.evaluation import IdentificationScore, identification_score, load_records, prepare_protocol
+from barcodemae.evaluation.metrics import IdentificationScore, identification_score
+from barcodemae.evaluation.protocol import load_records, prepare_protocol
 from barcodemae.search import nearest_neighbors
 
 logger = logging.getLogger("barcodemae.training")
@@ -167,6 +168,18 @@ class TaxonomyCollator:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
+def regroup_learning_rate(optimizer: torch.optim.Optimizer, chosen: set[int], learning_rate: float) -> None:
+    """Split each parameter group of a fresh ``optimizer`` in two: the parameters whose ``id`` is in ``chosen``
+    (at ``learning_rate``) and the rest (at the group's rate); other settings (weight decay) stay per group."""
+    groups, optimizer.param_groups = optimizer.param_groups, []
+    for group in groups:
+        for in_chosen in (True, False):
+            params = [p for p in group["params"] if (id(p) in chosen) == in_chosen]
+            if params:
+                rate = learning_rate if in_chosen else group["lr"]
+                optimizer.add_param_group({**group, "params": params, "lr": rate})
+
+
 def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """SupCon (Khosla et al. 2020) over one batch: each row's positives are the other rows with its label."""
     z = F.normalize(embeddings.float(), dim=-1)
@@ -245,11 +258,31 @@ class TaxonomyTrainer(Trainer):
         probe: IdentificationProbe,
         objective: Objective,
         supcon_temperature: float,
+        encoder_learning_rate: float | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.sampler, self.probe = sampler, probe
         self.objective, self.supcon_temperature = objective, supcon_temperature
+        self.encoder_learning_rate = encoder_learning_rate
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer; with ``encoder_learning_rate`` the transformer layers get their own rate (the
+        token embeddings, which the k-mer bag reads, and the heads keep ``learning_rate``)."""
+        optimizer = super().create_optimizer(model)
+        if self.encoder_learning_rate is not None:
+            layers = self.accelerator.unwrap_model(self.model).barcodemae.encoder.parameters()
+            regroup_learning_rate(optimizer, {id(p) for p in layers}, self.encoder_learning_rate)
+        return optimizer
+        layers = {id(p) for p in self.accelerator.unwrap_model(self.model).barcodemae.encoder.parameters()}
+        groups, optimizer.param_groups = optimizer.param_groups, []
+        for group in groups:
+            for in_layers in (True, False):
+                params = [p for p in group["params"] if (id(p) in layers) == in_layers]
+                if params:
+                    lr = self.encoder_learning_rate if in_layers else group["lr"]
+                    optimizer.add_param_group({**group, "params": params, "lr": lr})
+        return optimizer
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(
@@ -309,6 +342,9 @@ class FinetuneArguments:
     random_offset: bool = True
     min_crop_fraction: float = field(default=1.0, metadata={"help": "random crop keeps at least this fraction"})
     supcon_temperature: float = 0.1
+    encoder_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the transformer layers (default: --learning_rate)"}
+    )
     freeze_encoder_layers: bool = field(
         default=False, metadata={"help": "train only token embeddings and head (the transformer stays as loaded)"}
     )
@@ -543,6 +579,15 @@ def label_summary(config, objective: Objective) -> str:
     return " and ".join(f"{n} {rank} labels" for n, rank in counts)
 
 
+def evaluation_at_last_step(state) -> dict[str, float] | None:
+    """The probe's metrics logged at the final step (an ``eval_steps`` multiple, or the time budget's last
+    evaluation), so the run does not embed the probe twice; None when the last step was not evaluated."""
+    for entry in reversed(state.log_history):
+        if entry.get("step") == state.global_step and "eval_genus_1nn_per_species" in entry:
+            return {key: value for key, value in entry.items() if key.startswith("eval_")}
+    return None
+
+
 def already_trained(training_args: TrainingArguments) -> bool:
     """Whether the checkpoint to resume from already holds ``max_steps`` steps (logged): the Trainer would take one
     step more and save it, so a finished run started again trains nothing instead."""
@@ -603,9 +648,11 @@ def run_finetune(argv: Sequence[str]) -> Path:
         probe=probe,
         objective=objective,
         supcon_temperature=args.supcon_temperature,
+        encoder_learning_rate=args.encoder_learning_rate,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
+    reused = None if training_args.load_best_model_at_end else evaluation_at_last_step(trainer.state)
+    metrics = reused or trainer.evaluate()
     trainer.save_model()
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():

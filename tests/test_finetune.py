@@ -11,7 +11,7 @@ from tiny_models import tiny_config
 
 from barcodemae import simulate
 from barcodemae.cli import main as cli_main
-from barcodemae.evaluation import identification_score
+from barcodemae.evaluation.metrics import identification_score
 from barcodemae.training import (
     IGNORE_INDEX,
     ClassBalancedBatchSampler,
@@ -22,6 +22,7 @@ from barcodemae.training import (
     coarser_rank_losses,
     hold_out,
     probe_sets,
+    regroup_learning_rate,
     supervised_contrastive_loss,
 )
 from modeling_barcodemae import BarcodeMAEModel
@@ -295,3 +296,28 @@ def test_probe_references_take_their_family_from_train_rows_only():
     families = dict(zip(references["genus"], references["family"]))
     assert unseen_genera <= set(families)
     assert all(families[genus] in ("", None) for genus in unseen_genera)
+
+
+def test_regrouping_gives_the_chosen_parameters_their_own_learning_rate():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    decay = [model[0].weight, model[1].weight]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0}],
+        lr=1e-3,
+    )
+    regroup_learning_rate(optimizer, {id(p) for p in model[0].parameters()}, 1e-5)
+    groups = [(g["lr"], g["weight_decay"], [tuple(p.shape) for p in g["params"]]) for g in optimizer.param_groups]
+    assert groups == [
+        (1e-5, 0.1, [(3, 3)]),
+        (1e-3, 0.1, [(2, 3)]),
+        (1e-5, 0.0, [(3,)]),
+        (1e-3, 0.0, [(2,)]),
+    ]
+
+
+def test_final_evaluation_reuses_the_last_steps_probe(tmp_path, finetune_inputs):
+    data, model = finetune_inputs
+    extra = ["--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4", "--encoder_learning_rate", "1e-5"]
+    info = _finetune(data, model, tmp_path / "run", *extra)
+    assert [entry["step"] for entry in info["eval_history"]] == [4]  # evaluated once, not again at the end
+    assert info["final_eval"]["eval_genus_1nn_per_species"] == info["eval_history"][0]["eval_genus_1nn_per_species"]

@@ -23,6 +23,7 @@ from barcodemae.openset import (
     GROUPS,
     Query,
     build_openset,
+    depth_diagnosis,
     outcome,
     per_species_correct,
     read_ranked_predictions,
@@ -352,9 +353,9 @@ def test_ranked_predictions_reader_refuses_bad_files(write_text):
         read_ranked_predictions(write_text("bad2.tsv", f"{header}\nq1\tkingdom\tD\tC\tA\tA v\t1\t0.9\t0.6\t0.3\tx\n"))
 
 
-def test_cutoff_sweep_finds_the_best_cutoff(write_text):
-    ranked = read_ranked_predictions(write_text("ours.tsv", RANKED))
-    queries = [
+def _ranked_queries() -> list[Query]:
+    """The truth of RANKED's q1 (novel species), q3 (known species) and q4 (novel genus)."""
+    return [
         Query(
             "q1",
             "novel_species",
@@ -374,6 +375,11 @@ def test_cutoff_sweep_finds_the_best_cutoff(write_text):
             {"order": "Diptera", "family": "Psychodidae", "genus": "Psychoda", "species": "Psychoda alternata"},
         ),
     ]
+
+
+def test_cutoff_sweep_finds_the_best_cutoff(write_text):
+    ranked = read_ranked_predictions(write_text("ours.tsv", RANKED))
+    queries = _ranked_queries()
     sweep = sweep_cutoffs(lambda c: {q: a.at_cutoff(c) for q, a in ranked.items()}, queries, [0.0, 0.5, 0.95])
     means = [point["mean"] for point in sweep["points"]]
     assert means == [
@@ -390,6 +396,22 @@ def test_cutoff_sweep_finds_the_best_cutoff(write_text):
         pytest.approx(100 / 3, abs=0.01),  # q1 stops at the family
     ]
     assert sweep["best_cutoff"] == {"order": 0.05, "family": 0.05, "genus": 0.5, "species": 0.5}
+
+
+def test_depth_diagnosis(write_text):
+    ranked = read_ranked_predictions(write_text("ours.tsv", RANKED))
+    diagnosis = depth_diagnosis(ranked, _ranked_queries())
+    # stopped at the target: q1's genus and q3's species are right; q4 predicts no family
+    assert diagnosis["ceiling"] == {
+        "known_species": 100.0,
+        "novel_species": 100.0,
+        "novel_genus": 0.0,
+        "mean": pytest.approx(66.67, abs=0.01),
+    }
+    assert diagnosis["separation"] == {
+        "species confidence: known vs novel species": 1.0,
+        "genus confidence: novel species vs novel genus": 1.0,
+    }
 
 
 # ------------------------------------------------------------------------------------------- driver
