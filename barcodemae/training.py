@@ -45,14 +45,13 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 
 from barcodemae.embedding import Embedder, default_model_path
 from barcodemae.evaluation.metrics import IdentificationScore, identification_score
-from barcodemae.evaluation.protocol import load_records, prepare_protocol
+from barcodemae.evaluation.protocol import NOVEL_GENUS, hold_out, load_records, prepare_protocol
 from barcodemae.search import nearest_neighbors
 
 logger = logging.getLogger("barcodemae.training")
 
 RANKS = ("order", "family", "genus", "species")  # coarse to fine; an objective's deepest rank is genus or species
 LABEL_SPLITS = ("train", "val")  # seen species only: labels of unseen-species rows would leak into the evaluation
-NOVEL_GENUS = "novel_genus"  # the split of genera held out whole (tables without partitions)
 IGNORE_INDEX = -100  # a row's class at a rank it has no label for: left out of that rank's cross-entropy
 
 
@@ -371,63 +370,6 @@ def check_arguments(args: FinetuneArguments) -> None:
 
 def _text(value) -> str:
     return value.strip() if isinstance(value, str) else ""
-
-
-def novel_genera(records: list[dict], fraction: float, seed: int) -> list[str]:
-    """``round(fraction x n)`` of the n genera of families with >= 2 genera, drawn with ``seed``, skipping a genus
-    whose family would be left without a seen genus."""
-    genera_of: dict[str, set[str]] = {}
-    for record in records:
-        family, genus = _text(record.get("family")), _text(record.get("genus"))
-        if family and genus:
-            genera_of.setdefault(family, set()).add(genus)
-    candidates = sorted((family, genus) for family, genera in genera_of.items() if len(genera) >= 2 for genus in genera)
-    seen = {family: len(genera) for family, genera in genera_of.items()}
-    wanted, chosen = round(fraction * len(candidates)), set()
-    for index in np.random.default_rng([seed, 2]).permutation(len(candidates)):  # a stream apart from the species'
-        family, genus = candidates[index]
-        if len(chosen) < wanted and seen[family] > 1 and genus not in chosen:
-            chosen.add(genus)
-            seen[family] -= 1
-    return sorted(chosen)
-
-
-def hold_out(records: list[dict], genus_fraction: float, seed: int) -> tuple[list[dict], dict]:
-    """Partitions for a table without any: `barcodemae.data.assign_bioscan_splits` (``seed``) holds out species as
-    ``val_unseen`` / ``test_unseen``, then every row of the :func:`novel_genera` becomes ``novel_genus``. Returns
-    the records with their ``split`` and what was held out."""
-    from barcodemae.data import assign_bioscan_splits
-
-    genera = novel_genera(records, genus_fraction, seed)
-    novel = set(genera)
-    splits = assign_bioscan_splits(records, seed=seed)
-    records = [
-        {**record, "split": NOVEL_GENUS if _text(record.get("genus")) in novel else split}
-        for record, split in zip(records, splits)
-    ]
-    species = {
-        split: sorted({_text(r.get("species")) for r in records if r["split"] == split})
-        for split in ("val_unseen", "test_unseen")
-    }
-    holdout = {
-        "seed": seed,
-        "genus_fraction": genus_fraction,
-        "rows": dict(sorted(Counter(r["split"] for r in records).items())),
-        "novel_genera": genera,
-        "val_unseen_species": species["val_unseen"],
-        "test_unseen_species": species["test_unseen"],
-    }
-    logger.info(
-        "No split values: held out (seed %d) %d species as val_unseen (probe queries), %d as test_unseen and %d "
-        "genera whole as %s: %s; the lists go to run_info.json",
-        seed,
-        len(species["val_unseen"]),
-        len(species["test_unseen"]),
-        len(genera),
-        NOVEL_GENUS,
-        ", ".join(genera) or "none",
-    )
-    return records, holdout
 
 
 def check_partitions(records: list[dict], args: FinetuneArguments, assigned: bool) -> None:

@@ -12,6 +12,7 @@ from tiny_models import tiny_config
 from barcodemae import simulate
 from barcodemae.cli import main as cli_main
 from barcodemae.evaluation.metrics import identification_score
+from barcodemae.evaluation.protocol import hold_out
 from barcodemae.training import (
     IGNORE_INDEX,
     ClassBalancedBatchSampler,
@@ -20,7 +21,6 @@ from barcodemae.training import (
     TaxonomyCollator,
     check_arguments,
     coarser_rank_losses,
-    hold_out,
     probe_sets,
     regroup_learning_rate,
     supervised_contrastive_loss,

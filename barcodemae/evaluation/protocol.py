@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -11,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from barcodemae.data import assign_bioscan_splits
+
+logger = logging.getLogger(__name__)
 
 
 def load_records(data: str | Path) -> tuple[list[dict], dict[str, Any]]:
@@ -128,8 +133,6 @@ def _partition(records: list[dict], name: str) -> tuple[Partition, int]:
 def _ensure_splits(records: list[dict], seed: int) -> tuple[list[dict], bool]:
     if any(label(r.get("split")) for r in records):
         return records, False
-    from barcodemae.data import assign_bioscan_splits  # written alongside; imported only when needed
-
     splits = assign_bioscan_splits(records, seed=seed)  # one split name per record
     return [{**record, "split": split} for record, split in zip(records, splits)], True
 
@@ -194,3 +197,66 @@ def _unused_splits(present: Counter, used: Sequence[str]) -> str:
         (" Split values BIOSCAN-5M does not define: ", [(name, n) for name, n in unused if name not in SPLIT_NAMES]),
     ]
     return "".join(f"{title}{', '.join(f'{name} ({n:,})' for name, n in rows)}." for title, rows in parts if rows)
+
+
+# ------------------------------------------------------------------------------------------- held-out partitions
+NOVEL_GENUS = "novel_genus"  # the split of genera held out whole (tables without partitions)
+
+
+def _or_empty(value: Any) -> str:
+    return label(value) or ""
+
+
+def novel_genera(records: list[dict], fraction: float, seed: int) -> list[str]:
+    """``round(fraction x n)`` of the n genera of families with >= 2 genera, drawn with ``seed``, skipping a genus
+    whose family would be left without a seen genus."""
+    genera_of: dict[str, set[str]] = {}
+    for record in records:
+        family, genus = _or_empty(record.get("family")), _or_empty(record.get("genus"))
+        if family and genus:
+            genera_of.setdefault(family, set()).add(genus)
+    candidates = sorted((family, genus) for family, genera in genera_of.items() if len(genera) >= 2 for genus in genera)
+    seen = {family: len(genera) for family, genera in genera_of.items()}
+    wanted, chosen = round(fraction * len(candidates)), set()
+    for index in np.random.default_rng([seed, 2]).permutation(len(candidates)):  # a stream apart from the species'
+        family, genus = candidates[index]
+        if len(chosen) < wanted and seen[family] > 1 and genus not in chosen:
+            chosen.add(genus)
+            seen[family] -= 1
+    return sorted(chosen)
+
+
+def hold_out(records: list[dict], genus_fraction: float, seed: int) -> tuple[list[dict], dict]:
+    """Partitions for a table without any: `barcodemae.data.assign_bioscan_splits` (``seed``) holds out species as
+    ``val_unseen`` / ``test_unseen``, then every row of the :func:`novel_genera` becomes ``novel_genus``. Returns
+    the records with their ``split`` and what was held out."""
+    genera = novel_genera(records, genus_fraction, seed)
+    novel = set(genera)
+    splits = assign_bioscan_splits(records, seed=seed)
+    records = [
+        {**record, "split": NOVEL_GENUS if _or_empty(record.get("genus")) in novel else split}
+        for record, split in zip(records, splits)
+    ]
+    species = {
+        split: sorted({_or_empty(r.get("species")) for r in records if r["split"] == split})
+        for split in ("val_unseen", "test_unseen")
+    }
+    holdout = {
+        "seed": seed,
+        "genus_fraction": genus_fraction,
+        "rows": dict(sorted(Counter(r["split"] for r in records).items())),
+        "novel_genera": genera,
+        "val_unseen_species": species["val_unseen"],
+        "test_unseen_species": species["test_unseen"],
+    }
+    logger.info(
+        "No split values: held out (seed %d) %d species as val_unseen (probe queries), %d as test_unseen and %d "
+        "genera whole as %s: %s; the lists go to run_info.json",
+        seed,
+        len(species["val_unseen"]),
+        len(species["test_unseen"]),
+        len(genera),
+        NOVEL_GENUS,
+        ", ".join(genera) or "none",
+    )
+    return records, holdout
