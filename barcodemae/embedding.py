@@ -252,35 +252,30 @@ class Embedder:
         import torch
 
         with torch.inference_mode():
-            return self._embed_batch_inference(batch, rate, mode, generator)
-
-    def _embed_batch_inference(self, batch: list[str], rate: float, mode: str, generator) -> np.ndarray:
-        import torch
-
-        encoded = self._tokenize(batch)
-        input_ids, attention_mask, position_ids = encoded["input_ids"], encoded["attention_mask"], None
-        if rate > 0:
-            input_ids, attention_mask, position_ids = corrupt_tokens(
-                input_ids,
-                attention_mask,
-                rate,
-                mode,
-                special_ids=self.tokenizer.all_special_ids,
-                mask_token_id=self.tokenizer.mask_token_id,
-                pad_token_id=self.tokenizer.pad_token_id,
-                generator=generator,
-            )
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if position_ids is not None:
-            inputs["position_ids"] = position_ids
-        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            if getattr(self.model.config, "model_type", None) == "barcodemae":
-                return self._barcodemae_embedding(inputs).float().cpu().numpy()
-            output = self.model(**inputs)
-        weights = inputs["attention_mask"].unsqueeze(-1).float()
-        pooled = (output.last_hidden_state.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return pooled.cpu().numpy()
+            encoded = self._tokenize(batch)
+            input_ids, attention_mask, position_ids = encoded["input_ids"], encoded["attention_mask"], None
+            if rate > 0:
+                input_ids, attention_mask, position_ids = corrupt_tokens(
+                    input_ids,
+                    attention_mask,
+                    rate,
+                    mode,
+                    special_ids=self.tokenizer.all_special_ids,
+                    mask_token_id=self.tokenizer.mask_token_id,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    generator=generator,
+                )
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if position_ids is not None:
+                inputs["position_ids"] = position_ids
+            inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                if getattr(self.model.config, "model_type", None) == "barcodemae":
+                    return self._barcodemae_embedding(inputs).float().cpu().numpy()
+                output = self.model(**inputs)
+            weights = inputs["attention_mask"].unsqueeze(-1).float()
+            pooled = (output.last_hidden_state.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            return pooled.cpu().numpy()
 
     def _barcodemae_embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``pooler_output`` by ``barcode_embedding``, which skips the transformer layers where the readout does not
@@ -395,11 +390,6 @@ def _cuda_possible() -> bool:
 DEFAULT_CHUNK = 4096
 
 
-def model_limits(embedder: Embedder | KmerBagEmbedder) -> tuple[int, int]:
-    """``(max_length in bases, k_mer)`` the model's tokenizer reads; records are cleaned to these."""
-    return embedder.limits
-
-
 def check_input(path: str | os.PathLike) -> Path:
     """A readable barcode file with a known suffix (checked before the model is loaded)."""
     path = Path(path)
@@ -419,7 +409,7 @@ def iter_records(
 ) -> Iterator[BarcodeRecord]:
     """Cleaned records of ``path`` for ``embedder``'s model; with ``strict`` any skip for its sequence raises
     ``DataError``. ``taxonomy`` labels FASTA records by id (:func:`barcodemae.data.iter_barcodes`)."""
-    max_length, k_mer = model_limits(embedder)
+    max_length, k_mer = embedder.limits
     return iter_barcodes(path, max_length, k_mer, report, "raise" if strict else "skip", taxonomy=taxonomy)
 
 

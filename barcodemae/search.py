@@ -210,6 +210,14 @@ def _faiss():
     return faiss
 
 
+def _faiss_queries(queries: np.ndarray | torch.Tensor, dimension: int) -> np.ndarray:
+    """``queries`` L2-normalised as faiss reads them; ValueError unless ``(Q, dimension)``."""
+    q = l2_normalize_array(np.asarray(queries))
+    if q.ndim != 2 or q.shape[1] != dimension:
+        raise ValueError(f"queries must be (Q, {dimension}), got shape {q.shape}")
+    return q
+
+
 class AnnIndex:
     """Approximate cosine k-NN: a faiss inverted-file index (``IndexIVFFlat``, inner product) over the
     L2-normalised references.
@@ -259,9 +267,7 @@ class AnnIndex:
 
     def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of (about) the k most similar references."""
-        q = l2_normalize_array(np.asarray(queries))
-        if q.ndim != 2 or q.shape[1] != self.index.d:
-            raise ValueError(f"queries must be (Q, {self.index.d}), got shape {q.shape}")
+        q = _faiss_queries(queries, self.index.d)
         k = min(k, len(self))
         similarities, indices = self.index.search(q, k)
         short = np.flatnonzero((indices < 0).any(axis=1))
@@ -292,10 +298,7 @@ class FlatIndex:
 
     def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of the k most cosine-similar references."""
-        q = l2_normalize_array(np.asarray(queries))
-        if q.ndim != 2 or q.shape[1] != self.index.d:
-            raise ValueError(f"queries must be (Q, {self.index.d}), got shape {q.shape}")
-        similarities, indices = self.index.search(q, min(k, len(self)))
+        similarities, indices = self.index.search(_faiss_queries(queries, self.index.d), min(k, len(self)))
         return indices.astype(np.int64), similarities.astype(np.float32)
 
 

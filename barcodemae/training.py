@@ -45,7 +45,7 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 
 from barcodemae.embedding import Embedder, default_model_path
 from barcodemae.evaluation.metrics import IdentificationScore, identification_score
-from barcodemae.evaluation.protocol import NOVEL_GENUS, hold_out, load_records, prepare_protocol
+from barcodemae.evaluation.protocol import NOVEL_GENUS, hold_out, label_text, load_records, prepare_protocol
 from barcodemae.search import nearest_neighbors
 
 logger = logging.getLogger("barcodemae.training")
@@ -368,13 +368,9 @@ def check_arguments(args: FinetuneArguments) -> None:
         raise ValueError(f"--holdout_genus_fraction must be in [0, 1) (got {args.holdout_genus_fraction})")
 
 
-def _text(value) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
 def check_partitions(records: list[dict], args: FinetuneArguments, assigned: bool) -> None:
     """Refuse, in one message, the partitions the run needs (labels and probe queries) that the records lack."""
-    present = Counter(_text(r.get("split")) or "(none)" for r in records)
+    present = Counter(label_text(r.get("split")) or "(none)" for r in records)
     needed = dict.fromkeys(["train", *args.label_splits, args.probe_split])
     missing = ", ".join(f"`{split}`" for split in needed if not present[split])
     if not missing:
@@ -396,7 +392,7 @@ def partitioned(records: list[dict], args: FinetuneArguments, seed: int) -> tupl
     """The records with the table's partitions (checked), or, where it has no split values, with species and genera
     held out here; and what was held out (None: the table's own partitions)."""
     holdout = None
-    if not any(_text(record.get("split")) for record in records):
+    if not any(label_text(record.get("split")) for record in records):
         records, holdout = hold_out(records, args.holdout_genus_fraction, seed)
     check_partitions(records, args, assigned=holdout is not None)
     return records, holdout
@@ -424,9 +420,9 @@ def probe_sets(records: list[dict], args: FinetuneArguments, seed: int) -> tuple
     protocol = prepare_protocol(records, seen_split=args.probe_split, unseen_split=args.probe_split)
     references = protocol.train.subsample(args.probe_references, seed)
     family_of = {  # from `train` rows only: an unseen partition's labels never label a reference
-        _text(r.get("genus")): _text(r.get("family"))
+        label_text(r.get("genus")): label_text(r.get("family"))
         for r in records
-        if r.get("split") == "train" and _text(r.get("family"))
+        if r.get("split") == "train" and label_text(r.get("family"))
     }
     probe_refs = {"dna_barcode": references.sequences, "genus": references.genus}
     probe_refs["family"] = [family_of.get(genus) for genus in references.genus]
@@ -434,10 +430,10 @@ def probe_sets(records: list[dict], args: FinetuneArguments, seed: int) -> tuple
     probe_queries["dna_barcode"] = probe_queries.pop("sequences")
     novel = {}
     for record in records:
-        if record.get("split") == NOVEL_GENUS and _text(record.get("family")):
+        if record.get("split") == NOVEL_GENUS and label_text(record.get("family")):
             novel.setdefault(record["dna_barcode"], record)
     novel_queries = {
-        column: [_text(r[column]) for r in novel.values()] for column in ("dna_barcode", "genus", "family")
+        column: [label_text(r[column]) for r in novel.values()] for column in ("dna_barcode", "genus", "family")
     }
     return probe_refs, probe_queries, novel_queries if novel else None
 

@@ -203,7 +203,8 @@ def _unused_splits(present: Counter, used: Sequence[str]) -> str:
 NOVEL_GENUS = "novel_genus"  # the split of genera held out whole (tables without partitions)
 
 
-def _or_empty(value: Any) -> str:
+def label_text(value: Any) -> str:
+    """:func:`label`, with ``""`` for a missing one."""
     return label(value) or ""
 
 
@@ -212,7 +213,7 @@ def novel_genera(records: list[dict], fraction: float, seed: int) -> list[str]:
     whose family would be left without a seen genus."""
     genera_of: dict[str, set[str]] = {}
     for record in records:
-        family, genus = _or_empty(record.get("family")), _or_empty(record.get("genus"))
+        family, genus = label_text(record.get("family")), label_text(record.get("genus"))
         if family and genus:
             genera_of.setdefault(family, set()).add(genus)
     candidates = sorted((family, genus) for family, genera in genera_of.items() if len(genera) >= 2 for genus in genera)
@@ -234,11 +235,11 @@ def hold_out(records: list[dict], genus_fraction: float, seed: int) -> tuple[lis
     novel = set(genera)
     splits = assign_bioscan_splits(records, seed=seed)
     records = [
-        {**record, "split": NOVEL_GENUS if _or_empty(record.get("genus")) in novel else split}
+        {**record, "split": NOVEL_GENUS if label_text(record.get("genus")) in novel else split}
         for record, split in zip(records, splits)
     ]
     species = {
-        split: sorted({_or_empty(r.get("species")) for r in records if r["split"] == split})
+        split: sorted({label_text(r.get("species")) for r in records if r["split"] == split})
         for split in ("val_unseen", "test_unseen")
     }
     holdout = {
