@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     index = ReferenceIndex.load(args.index)
-    taxonomy, embeddings = index.taxonomy, np.asarray(index.embeddings, dtype=np.float32)
+    taxonomy, embeddings = index.taxonomy, np.asarray(index.row_embeddings, dtype=np.float32)
     rows = calibration_rows(taxonomy)
     species_out = leave_out_neighbors(embeddings, taxonomy, rows, "species", 1)[1][:, 0]
     genus_out = leave_out_neighbors(embeddings, taxonomy, rows, "genus", 1)[1][:, 0]
