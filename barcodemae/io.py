@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -285,6 +286,33 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     return ids, embeddings
 
 
+_SAFETENSORS_DTYPES = {"F32": "<f4", "I64": "<i8"}
+
+
+def safetensors_header(path: str | os.PathLike) -> tuple[int, dict]:
+    """``(header length, header)`` of a safetensors file: the JSON header names each tensor's dtype, shape and
+    byte range, and ``"__metadata__"`` holds the file's string metadata."""
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        return length, json.loads(file.read(length))
+
+
+def map_safetensors(path: str | os.PathLike, name: str, dtype: str, ndim: int) -> np.ndarray:
+    """The tensor ``name`` of a safetensors file as a read-only memory map (the format: an 8-byte little-endian
+    header length, a JSON header with each tensor's dtype, shape and byte range, then the data). ValueError naming
+    the file unless it holds a non-empty ``dtype`` (``"F32"`` or ``"I64"``) tensor of ``ndim`` dimensions."""
+    length, header = safetensors_header(path)
+    entry = header.get(name, {})
+    shape = tuple(entry.get("shape", ()))
+    start, end = entry.get("data_offsets", (0, 0))
+    numpy_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
+    if entry.get("dtype") != dtype or len(shape) != ndim or end - start != numpy_dtype.itemsize * math.prod(shape):
+        raise ValueError(f"{path}: expected a {ndim}-d {dtype} tensor {name!r}, found {entry}")
+    if not shape[0]:
+        raise ValueError(f"{path}: the tensor {name!r} is empty")
+    return np.memmap(path, dtype=numpy_dtype, mode="r", offset=8 + length + start, shape=shape)
+
+
 __all__ = [
     "EMBEDDING_SUFFIXES",
     "EmbeddingWriter",
@@ -294,6 +322,8 @@ __all__ = [
     "check_output_path",
     "embedding_outputs",
     "ids_path",
+    "map_safetensors",
+    "safetensors_header",
     "open_embeddings",
     "read_embeddings",
 ]

@@ -25,18 +25,17 @@ A reference **index** (:class:`ReferenceIndex`) is a folder with ``embeddings.sa
 ``index.json`` (format, model path and embedding fingerprint, reference file, search method, ids, the labels of
 every rank and BIN of :data:`barcodemae.formats.LABEL_KEYS` the reference has, the thresholds, the confidence model
 and how they were calibrated), ``sequences.txt`` (the D distinct cleaned barcodes, one a line, for ``--rerank
-align``) and, for approximate search, ``ann.faiss`` (the faiss index over the distinct barcodes), so a large
-reference is embedded and indexed once. Loading maps the embeddings and the faiss index into memory read-only
-instead of reading them (:func:`map_embeddings`): a 1M-reference folder opens in a fraction of a second and only the
-parts a search touches are read from disk.
+align``) and, for approximate search, ``ann.safetensors`` (:class:`barcodemae.search.AnnIndex`'s centroids and
+inverted lists over the distinct barcodes), so a large reference is embedded and indexed once. Loading maps the
+embeddings and the inverted lists into memory read-only instead of reading them (:func:`map_embeddings`): a
+1M-reference folder opens in a fraction of a second and only the parts a search touches are read from disk; a
+saved approximate index is searched without faiss.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,15 +46,15 @@ from barcodemae.assign import ConfidenceModel, Taxonomy, fit_confidence
 from barcodemae.data import CleaningReport
 from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records
 from barcodemae.formats import LABEL_KEYS
-from barcodemae.io import atomic_folder
+from barcodemae.io import atomic_folder, map_safetensors
 from barcodemae.search import AnnIndex, GroupedSearcher, Searcher, exact_searcher, resolve_method
 
 INDEX_FORMAT = "barcodemae-reference-index"
-INDEX_VERSION = 4
+INDEX_VERSION = 5
 INDEX_FILE = "index.json"
 INDEX_EMBEDDINGS = "embeddings.safetensors"
 INDEX_SEQUENCES = "sequences.txt"
-INDEX_ANN = "ann.faiss"
+INDEX_ANN = "ann.safetensors"
 GENUS_MIN_QUERIES = 10
 MIN_CALIBRATION_SPECIES = 100
 
@@ -271,7 +270,7 @@ class ReferenceIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, with_sequences: bool = False) -> ReferenceIndex:
-        """Open an index folder (embeddings and faiss index memory-mapped); the barcodes only ``with_sequences``."""
+        """Open an index folder (embeddings and inverted lists memory-mapped); the barcodes only ``with_sequences``."""
         path = Path(path)
         if not (path / INDEX_FILE).is_file() or not (path / INDEX_EMBEDDINGS).is_file():
             raise FileNotFoundError(f"{path}: not a reference index folder (needs {INDEX_FILE} and {INDEX_EMBEDDINGS})")
@@ -281,7 +280,8 @@ class ReferenceIndex:
         if meta.get("version") != INDEX_VERSION:
             raise ValueError(
                 f"{path}: an index of version {meta.get('version')} (this version reads {INDEX_VERSION}: each distinct "
-                "barcode stored once); rebuild it with --reference ... --save-index"
+                "barcode stored once, the approximate index in ann.safetensors); rebuild it with --reference ... "
+                "--save-index"
             )
         if with_sequences and not (path / INDEX_SEQUENCES).is_file():
             raise FileNotFoundError(f"{path}: the index holds no {INDEX_SEQUENCES}; rebuild it")
@@ -315,29 +315,23 @@ class ReferenceIndex:
 
 
 def map_embeddings(path: Path) -> np.ndarray:
-    """The ``"embeddings"`` tensor of a safetensors file as a read-only memory map (the format: an 8-byte
-    little-endian header length, a JSON header with each tensor's dtype, shape and byte range, then the data)."""
+    """The ``"embeddings"`` tensor of a safetensors file as a read-only memory map."""
     return map_tensor(path, "embeddings")
 
 
-_TENSORS = {  # name -> safetensors dtype, numpy dtype, ndim, description
-    "embeddings": ("F32", "<f4", 2, "(R, hidden) float32"),
-    "groups": ("I64", "<i8", 1, "(R,) int64"),
+_TENSORS = {  # name -> safetensors dtype, ndim, description
+    "embeddings": ("F32", 2, "(R, hidden) float32"),
+    "groups": ("I64", 1, "(R,) int64"),
 }
 
 
 def map_tensor(path: Path, name: str) -> np.ndarray:
-    """The tensor ``name`` of :data:`_TENSORS` of a safetensors file as a read-only memory map."""
-    dtype, numpy_dtype, ndim, description = _TENSORS[name]
-    with open(path, "rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
-        entry = json.loads(file.read(length)).get(name, {})
-    shape = tuple(entry.get("shape", ()))
-    start, end = entry.get("data_offsets", (0, 0))
-    size = np.dtype(numpy_dtype).itemsize * math.prod(shape)
-    if entry.get("dtype") != dtype or len(shape) != ndim or end - start != size or not shape[0]:
-        raise ValueError(f"{path}: expected a non-empty {description} tensor {name!r}, found {entry}; rebuild it")
-    return np.memmap(path, dtype=numpy_dtype, mode="r", offset=8 + length + start, shape=shape)
+    """The tensor ``name`` of :data:`_TENSORS` of an index's safetensors file as a read-only memory map."""
+    dtype, ndim, description = _TENSORS[name]
+    try:
+        return map_safetensors(path, name, dtype, ndim)
+    except ValueError as error:
+        raise ValueError(f"{path}: expected a non-empty {description} tensor {name!r}; rebuild it") from error
 
 
 def build_index(

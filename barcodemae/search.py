@@ -7,13 +7,14 @@ One interface, :class:`Searcher` (``len(s)``, ``s.search(queries, k) -> (indices
   exact kernel of `identify` where faiss is installed (``pip install 'barcodemae[ann]'``), no torch needed;
 * :class:`CosineIndex`: exact, in bounded memory (torch matmul over reference chunks, a bf16 first pass where the
   CPU has bf16 matmul in hardware): the evaluation protocols' search, and `identify`'s without faiss;
-* :class:`AnnIndex`: approximate, a faiss inverted-file index over the unit vectors.
+* :class:`AnnIndex`: approximate, an inverted-file index over the unit vectors (faiss k-means lists, built with
+  faiss, searched in numpy a list at a time for a whole batch).
 
 :class:`GroupedSearcher` searches distinct barcodes and answers with the reference rows they stand for (a reference
 index stores each distinct barcode once). :func:`resolve_method` picks exact or approximate by ``method``:
 ``"exact"``, ``"ann"`` or ``"auto"`` (approximate from :data:`ANN_MIN_REFERENCES` distinct references on, when faiss
 is installed). The libraries, the kernel and the threshold were chosen by measurement (``benchmarks/search.py``,
-benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only faiss's IVF index kept recall@1 >= 0.99 of
+benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only an IVF index kept recall@1 >= 0.99 of
 exact search on the real embeddings (whose species form tight clusters that HNSW graphs miss); on subsets of the
 real `train` embeddings (``benchmarks/search.py --sizes``, 10 neighbours) it overtakes the exact kernel at about
 5,000 references with 48 probes (5x faster at 46,029) at recall@1 >= 0.99.
@@ -26,10 +27,14 @@ import contextlib
 import importlib.util
 import math
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from barcodemae.io import map_safetensors, safetensors_header
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +44,7 @@ ANN_MIN_REFERENCES = 5_000  # distinct references; where IVF overtakes exact sea
 ANN_MIN_PROBES = 48  # keeps recall@1 >= 0.99 on every real subset measured (32 fell to 0.990)
 BF16_MIN_REFERENCES = 4096  # below, one float32 pass is already quick
 BF16_CANDIDATES = 32  # 94% of real k=5 rows and 99% of k=1 rows are vouched for (benchmarks/RESULTS.md)
+_threads: int | None = None  # set_threads()
 
 
 def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -210,8 +216,8 @@ def _faiss():
     return faiss
 
 
-def _faiss_queries(queries: np.ndarray | torch.Tensor, dimension: int) -> np.ndarray:
-    """``queries`` L2-normalised as faiss reads them; ValueError unless ``(Q, dimension)``."""
+def unit_queries(queries: np.ndarray | torch.Tensor, dimension: int) -> np.ndarray:
+    """``queries`` as contiguous float32 rows of unit norm; ValueError unless ``(Q, dimension)``."""
     q = l2_normalize_array(np.asarray(queries))
     if q.ndim != 2 or q.shape[1] != dimension:
         raise ValueError(f"queries must be (Q, {dimension}), got shape {q.shape}")
@@ -219,23 +225,34 @@ def _faiss_queries(queries: np.ndarray | torch.Tensor, dimension: int) -> np.nda
 
 
 class AnnIndex:
-    """Approximate cosine k-NN: a faiss inverted-file index (``IndexIVFFlat``, inner product) over the
-    L2-normalised references.
+    """Approximate cosine k-NN: an inverted-file (IVF) index over the L2-normalised references, scanned a list at a
+    time for a whole batch of queries.
 
-    The references are split into ``lists`` clusters (k-means, default ``4·√R``, at most ``R/39``, trained on a
-    random sample of at most 64 references a cluster); a query is compared with the references of its ``probes``
-    nearest clusters (default: :data:`ANN_MIN_PROBES`, or a 30th of the lists when that is more: 134 at 1M).
-    Recall@1 against exact search (10 neighbours): 0.993-0.998 on subsets of 5,000-46,029 real `train` embeddings
-    (where 32 probes fell to 0.990 at 20,000), 0.996 at 1M simulated ones (where 32 probes gave 0.975;
-    benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed
-    clusters hold fewer than ``k`` references is searched again over all clusters, so ``k`` neighbours always come
-    back. Ties between equal vectors fall either way.
+    **Build** (needs faiss): the references are split into ``lists`` clusters by faiss's k-means (inner product,
+    10 iterations; default ``4·√R`` lists, at most ``R/39``, trained on a random sample of at most 64 references a
+    list) and each is stored in the list of its most similar centroid, the vectors in list order.
+
+    **Search** (numpy only): a query is compared with the references of its ``probes`` most similar centroids
+    (default :data:`ANN_MIN_PROBES`, or a 30th of the lists when that is more: 134 at 1M). The batch is turned
+    around: every probed list is read once and scored against all the queries that probe it in one matrix product,
+    each of those queries keeping its ``k`` best of the list; then each query keeps its ``k`` best over its lists.
+    faiss's ``IndexIVFFlat`` reads a list once per query that probes it, which makes a large index memory-bound;
+    here the same lists and probes give the same neighbours (ties aside) at ~2-3x its speed at 1M references
+    (benchmarks/RESULTS.md). The lists are shared out between :func:`set_threads` threads.
+
+    Recall@1 against exact search (10 neighbours): 0.993-0.998 on subsets of 5,000-46,029 real `train`
+    embeddings (where 32 probes fell to 0.990 at 20,000), 0.996 at 1M simulated ones (where 32 probes gave 0.975;
+    benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed lists hold fewer than ``k``
+    references is searched again over all lists, so ``k`` neighbours always come back. Ties fall either way.
     """
 
     ADD_CHUNK = 65536
 
-    def __init__(self, index) -> None:
-        self.index = index
+    def __init__(
+        self, centroids: np.ndarray, offsets: np.ndarray, ids: np.ndarray, vectors: np.ndarray, probes: int
+    ) -> None:
+        self.centroids, self.offsets, self.ids, self.vectors = centroids, offsets, ids, vectors
+        self.probes = min(probes, len(centroids))
 
     @classmethod
     def build(cls, references: np.ndarray, lists: int | None = None, probes: int | None = None) -> AnnIndex:
@@ -244,40 +261,98 @@ class AnnIndex:
             raise ValueError(f"references must be a non-empty (R, D) array, got shape {references.shape}")
         n, dim = references.shape
         lists = min(lists or max(1, min(round(4 * math.sqrt(n)), n // 39)), n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter, index.cp.seed = 10, 0
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter, ivf.cp.seed = 10, 0
         sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 64 * lists), replace=False))
-        index.train(l2_normalize_array(references[sample]))
+        ivf.train(l2_normalize_array(references[sample]))
+        nearest = np.empty(n, dtype=np.int64)
         for start in range(0, n, cls.ADD_CHUNK):  # normalised a chunk at a time: no second copy of the references
-            index.add(l2_normalize_array(references[start : start + cls.ADD_CHUNK]))
-        index.nprobe = min(lists, probes or max(ANN_MIN_PROBES, math.ceil(lists / 30)))
-        return cls(index)
+            chunk = l2_normalize_array(references[start : start + cls.ADD_CHUNK])
+            nearest[start : start + len(chunk)] = ivf.quantizer.search(chunk, 1)[1][:, 0]
+        ids = np.argsort(nearest, kind="stable")
+        vectors = np.empty((n, dim), dtype=np.float32)
+        for start in range(0, n, cls.ADD_CHUNK):
+            vectors[start : start + cls.ADD_CHUNK] = l2_normalize_array(references[ids[start : start + cls.ADD_CHUNK]])
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(nearest, minlength=lists))]).astype(np.int64)
+        centroids = ivf.quantizer.reconstruct_n(0, lists)
+        return cls(centroids, offsets, ids, vectors, probes or max(ANN_MIN_PROBES, math.ceil(lists / 30)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnnIndex:
-        """Open a saved index memory-mapped and read-only (its inverted lists are read from disk as searched)."""
-        faiss = _faiss()
-        return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
+        """Open a saved index memory-mapped and read-only (a list is read from disk when first searched)."""
+        probes = safetensors_header(path)[1].get("__metadata__", {}).get("probes", "")
+        arrays = {name: map_safetensors(path, name, *kind) for name, kind in ANN_TENSORS.items()}
+        lists, total = len(arrays["centroids"]), len(arrays["vectors"])
+        offsets = arrays["offsets"]
+        if not probes.isdigit() or offsets.shape != (lists + 1,) or offsets[-1] != total or len(arrays["ids"]) != total:
+            raise ValueError(f"{path}: not a complete inverted-file index; rebuild the index")
+        return cls(**arrays, probes=int(probes))
 
     def save(self, path: str | os.PathLike) -> None:
-        _faiss().write_index(self.index, str(path))
+        from safetensors.numpy import save_file
+
+        arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in ANN_TENSORS}
+        save_file(arrays, str(path), metadata={"probes": str(self.probes)})
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.ids)
 
     def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of (about) the k most similar references."""
-        q = _faiss_queries(queries, self.index.d)
+        q = unit_queries(queries, self.vectors.shape[1])
         k = min(k, len(self))
-        similarities, indices = self.index.search(q, k)
+        indices, similarities = self._search(q, k, self.probes)
         short = np.flatnonzero((indices < 0).any(axis=1))
         if len(short):
-            probes, self.index.nprobe = self.index.nprobe, self.index.nlist
-            try:
-                similarities[short], indices[short] = self.index.search(q[short], k)
-            finally:
-                self.index.nprobe = probes
-        return indices.astype(np.int64), similarities.astype(np.float32)
+            indices[short], similarities[short] = self._search(q[short], k, len(self.centroids))
+        return indices, similarities
+
+    def _search(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of each query's ``probes`` lists (-1 / -inf where they hold fewer than k references)."""
+        coarse = q @ self.centroids.T
+        if probes < coarse.shape[1]:
+            probed = np.argpartition(-coarse, probes - 1, axis=1)[:, :probes].ravel()
+        else:
+            probed = np.tile(np.arange(coarse.shape[1]), len(q))
+        sortable = probed.astype(np.int16 if len(self.centroids) <= 2**15 else np.int32)  # int16: a radix sort
+        pairs = np.argsort(sortable, kind="stable")  # pair p = (query p // probes, a probed list), grouped by list
+        bounds = np.searchsorted(probed[pairs], np.arange(len(self.centroids) + 1))
+        best_sim = np.full((probed.size, k), -np.inf, dtype=np.float32)
+        best_idx = np.full((probed.size, k), -1, dtype=np.int64)
+
+        def scan(lists: np.ndarray) -> None:
+            for lst in lists:
+                pair = pairs[bounds[lst] : bounds[lst + 1]]
+                low, high = self.offsets[lst], self.offsets[lst + 1]
+                if high == low:
+                    continue
+                sims = q[pair // probes] @ self.vectors[low:high].T
+                if high - low > k:
+                    top = np.argpartition(sims, high - low - k, axis=1)[:, -k:]
+                    best_sim[pair] = sims[np.arange(len(pair))[:, None], top]
+                    best_idx[pair] = self.ids[low + top]
+                else:
+                    best_sim[pair, : high - low] = sims
+                    best_idx[pair, : high - low] = self.ids[low:high]
+
+        queries_per_list = np.diff(bounds)
+        probed_lists = np.flatnonzero(queries_per_list)
+        cost = queries_per_list[probed_lists] * np.diff(self.offsets)[probed_lists] + 512  # + a list's fixed cost
+        _run_split(scan, probed_lists, cost)
+        best_sim, best_idx = best_sim.reshape(len(q), -1), best_idx.reshape(len(q), -1)
+        if best_sim.shape[1] > k:
+            top = np.argpartition(best_sim, best_sim.shape[1] - k, axis=1)[:, -k:]
+            best_sim, best_idx = np.take_along_axis(best_sim, top, 1), np.take_along_axis(best_idx, top, 1)
+        order = np.argsort(-best_sim, axis=1, kind="stable")
+        return np.take_along_axis(best_idx, order, 1), np.take_along_axis(best_sim, order, 1)
+
+
+ANN_TENSORS = {  # name -> safetensors dtype, ndim
+    "centroids": ("F32", 2),
+    "offsets": ("I64", 1),
+    "ids": ("I64", 1),
+    "vectors": ("F32", 2),
+}
 
 
 class FlatIndex:
@@ -298,7 +373,7 @@ class FlatIndex:
 
     def search(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(indices (Q,k) int64, similarities (Q,k) float32)`` of the k most cosine-similar references."""
-        similarities, indices = self.index.search(_faiss_queries(queries, self.index.d), min(k, len(self)))
+        similarities, indices = self.index.search(unit_queries(queries, self.index.d), min(k, len(self)))
         return indices.astype(np.int64), similarities.astype(np.float32)
 
 
@@ -353,11 +428,13 @@ def resolve_method(method: str, n_references: int) -> str:
 
 
 def set_threads(threads: int) -> None:
-    """Threads for search and embedding: faiss's OpenMP pool, numpy's BLAS (threadpoolctl, where installed) and
-    torch's (now if it is imported, else through ``OMP_NUM_THREADS`` when it is)."""
-    import os
+    """Threads for search and embedding: :class:`AnnIndex`'s scan, faiss's OpenMP pool, numpy's BLAS
+    (threadpoolctl, where installed) and torch's (now if it is imported, else through ``OMP_NUM_THREADS`` when it
+    is)."""
     import sys
 
+    global _threads
+    _threads = max(1, threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
@@ -369,6 +446,38 @@ def set_threads(threads: int) -> None:
         import faiss
 
         faiss.omp_set_num_threads(threads)
+
+
+def search_threads() -> int:
+    """Threads of :class:`AnnIndex`'s scan: :func:`set_threads`'s, else ``OMP_NUM_THREADS``, else the usable CPUs."""
+    if _threads is None:
+        with contextlib.suppress(ValueError):
+            return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return _threads
+
+
+def _run_split(work: Callable[[np.ndarray], None], items: np.ndarray, costs: np.ndarray) -> None:
+    """``work`` over ``items`` in :func:`search_threads` contiguous parts of about equal total cost, one thread
+    each (the parts must write to disjoint places), with BLAS held to one thread inside each."""
+    threads = min(search_threads(), len(items))
+    with _one_blas_thread():
+        if threads <= 1:
+            work(items)
+            return
+        cumulative = np.cumsum(costs, dtype=np.float64)
+        cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, threads) / threads)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, np.split(items, cuts)))
+
+
+def _one_blas_thread():
+    """numpy's BLAS held to one thread (a small matrix product is slower on two); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def nearest_neighbors(

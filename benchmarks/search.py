@@ -143,7 +143,7 @@ def searcher(name: str, index: Any, ef: int, k: int, threads: int) -> Callable[[
 
     def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if name.startswith("barcodemae"):
-            index.index.nprobe = ef
+            index.probes = ef
             return index.search(q, k)
         if name == "faiss HNSWFlat":
             index.hnsw.efSearch = ef
@@ -219,7 +219,7 @@ def main(argv=None) -> dict[str, Any]:
         memory = peak_memory_mb(lambda build=build, built=built: built.append(build(refs)), device)
         seconds = time.perf_counter() - start
         ann = name.startswith("barcodemae")  # its defaults first, then --ann-probes
-        for i, ef in enumerate([built[0].index.nprobe, *args.ann_probes] if ann else args.ef):
+        for i, ef in enumerate([built[0].probes, *args.ann_probes] if ann else args.ef):
             search = searcher(name, built[0], ef, k, args.threads)
             found, sims = search(query)
             if ann:
@@ -263,14 +263,14 @@ def sizes_main(args, machine, device, refs: np.ndarray, query: np.ndarray) -> di
         exact, ann = exact_searcher(subset), AnnIndex.build(subset)
         exact_idx, exact_sims = exact.search(query, k=args.k)
         cases: dict[str, Callable[[], object]] = {"exact": lambda exact=exact: exact.search(query, k=args.k)}
-        default = ann.index.nprobe
-        point: dict[str, Any] = {"references": n, "exact_kernel": type(exact).__name__, "lists": ann.index.nlist}
+        default = ann.probes
+        point: dict[str, Any] = {"references": n, "exact_kernel": type(exact).__name__, "lists": len(ann.centroids)}
         point["default_probes"] = default
         for probes in dict.fromkeys([default, *args.ann_probes]):
             name = f"ann probes={probes}"
 
             def search(ann=ann, probes=probes):
-                ann.index.nprobe = probes
+                ann.probes = probes
                 return ann.search(query, k=args.k)
 
             cases[name] = search

@@ -7,11 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+from barcodemae import search
 from barcodemae.search import (
     ANN_MIN_REFERENCES,
     AnnIndex,
     CosineIndex,
     alignment_identity,
+    l2_normalize_array,
     rerank_by_alignment,
     resolve_method,
 )
@@ -42,8 +44,8 @@ def test_ann_always_returns_k_neighbours_and_survives_a_round_trip(tmp_path):
     index = AnnIndex.build(refs, lists=50, probes=1)  # one probed cluster holds ~4 references: fewer than k
     indices, _ = index.search(refs[:10], k=12)
     assert (indices >= 0).all() and all(len(set(row)) == 12 for row in indices)
-    index.save(tmp_path / "ann.faiss")
-    again = AnnIndex.load(tmp_path / "ann.faiss")
+    index.save(tmp_path / "ann.safetensors")
+    again = AnnIndex.load(tmp_path / "ann.safetensors")
     assert len(again) == len(refs)
     np.testing.assert_array_equal(again.search(refs[:10], k=3)[0], index.search(refs[:10], k=3)[0])
     with pytest.raises(ValueError, match=r"queries must be \(Q, 32\)"):
@@ -92,10 +94,10 @@ def test_rerank_orders_candidates_by_identity_then_cosine():
 def test_ann_probes_grow_with_the_lists():
     """48 probes, or a 30th of the lists when that is more (recall@1 at 1M references fell to 0.975 with 32)."""
     refs = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
-    assert AnnIndex.build(refs, lists=60).index.nprobe == 48
-    assert AnnIndex.build(refs, lists=1500, probes=None).index.nprobe == 50
-    assert AnnIndex.build(np.tile(refs, (2, 1)), lists=2400).index.nprobe == 80
-    assert AnnIndex.build(refs, lists=20).index.nprobe == 20  # never more probes than lists
+    assert AnnIndex.build(refs, lists=60).probes == 48
+    assert AnnIndex.build(refs, lists=1500, probes=None).probes == 50
+    assert AnnIndex.build(np.tile(refs, (2, 1)), lists=2400).probes == 80
+    assert AnnIndex.build(refs, lists=20).probes == 20  # never more probes than lists
 
 
 def test_bf16_first_pass_returns_the_float32_search(monkeypatch):
@@ -126,3 +128,42 @@ def test_bf16_first_pass_ties_and_choice():
     assert not CosineIndex(refs).bf16  # below BF16_MIN_REFERENCES one float32 pass is used
     with pytest.raises(ValueError, match="auto, fp32 or bf16"):
         CosineIndex(refs, precision="fp16")
+
+
+def test_ann_scan_equals_faiss_ivf_over_the_same_lists_at_any_batch_size():
+    """The batch-wide list-major scan returns what faiss's IndexIVFFlat returns with the same lists and probes."""
+    faiss = pytest.importorskip("faiss")
+    refs = clustered(60, 30)
+    ann = AnnIndex.build(refs, lists=40, probes=5)
+    quantizer = faiss.IndexFlatIP(refs.shape[1])
+    quantizer.add(np.ascontiguousarray(ann.centroids))
+    ivf = faiss.IndexIVFFlat(quantizer, refs.shape[1], 40, faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained, ivf.nprobe = True, 5
+    ivf.add(l2_normalize_array(refs))
+    queries = clustered(60, 30, seed=2)[::3]
+    for batch in (queries[:1], queries[:7], queries):
+        indices, similarities = ann.search(batch, k=4)
+        expected_sims, expected = ivf.search(l2_normalize_array(batch), 4)
+        np.testing.assert_allclose(similarities, expected_sims, atol=1e-5)
+        assert np.mean(indices == expected) > 0.99  # equal but for ties
+
+
+def test_ann_scan_is_the_same_on_one_thread_or_several_and_load_checks_the_lists(tmp_path, monkeypatch):
+    refs = clustered(80, 10)
+    ann = AnnIndex.build(refs, lists=20, probes=4)
+    queries = clustered(80, 10, seed=3)
+    monkeypatch.setattr(search, "_threads", 1)
+    one = ann.search(queries, k=3)
+    monkeypatch.setattr(search, "_threads", 3)
+    several = ann.search(queries, k=3)
+    np.testing.assert_array_equal(one[0], several[0])
+    np.testing.assert_array_equal(one[1], several[1])
+    ann.save(tmp_path / "ann.safetensors")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # a saved index is searched without faiss
+    again = AnnIndex.load(tmp_path / "ann.safetensors")
+    assert isinstance(again.vectors, np.memmap) and again.probes == 4
+    np.testing.assert_array_equal(again.search(queries, k=3)[0], one[0])
+    ann.offsets = ann.offsets[:-1]
+    ann.save(tmp_path / "broken.safetensors")
+    with pytest.raises(ValueError, match="broken.safetensors: not a complete inverted-file index"):
+        AnnIndex.load(tmp_path / "broken.safetensors")
