@@ -15,6 +15,7 @@ from modeling_barcodemae import (
     BarcodeMAEForPreTraining,
     BarcodeMAEForSequenceClassification,
     BarcodeMAEModel,
+    linear_cross_entropy,
     overlapping_kmers,
     random_masking,
     shift_frame,
@@ -137,6 +138,54 @@ def test_mae_loss_is_cross_entropy_on_masked_positions_only(batch):
     torch.testing.assert_close(output.loss, expected)
     predicted, targets = output.scored()
     assert torch.equal(targets, output.labels[scored]) and predicted.shape == targets.shape
+
+
+def test_linear_cross_entropy_equals_cross_entropy_of_the_linear_layer_in_value_and_gradients():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 11)
+    hidden = torch.randn(4, 5, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (4, 5))
+    labels[0, :3] = labels[3, 4] = -100
+    expected_logits = linear(hidden)
+    expected = torch.nn.functional.cross_entropy(expected_logits.flatten(0, 1), labels.flatten())
+    expected_grads = torch.autograd.grad(expected, [hidden, linear.weight, linear.bias])
+    loss, logits = linear_cross_entropy(hidden, linear, labels, chunk_rows=3)  # 20 rows: 7 chunks, the last short
+    grads = torch.autograd.grad(loss, [hidden, linear.weight, linear.bias])
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logits, expected_logits.detach())
+    assert not logits.requires_grad
+    for grad, want in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products, float32 softmax, grads in the params' dtype
+        loss, logits = linear_cross_entropy(hidden, linear, labels, chunk_rows=3)
+        grads = torch.autograd.grad(loss, [hidden, linear.weight, linear.bias])
+    assert logits.dtype == torch.bfloat16 and [g.dtype for g in grads] == [torch.float32] * 3
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, linear, labels)[0], expected)
+
+
+@pytest.mark.parametrize("objective", ["mae", "mlm"])
+def test_pretraining_gradients_equal_those_of_a_plain_cross_entropy(batch, objective, monkeypatch):
+    """The chunked head loss trains exactly as the vocabulary layer followed by F.cross_entropy."""
+    torch.manual_seed(0)
+    model = BarcodeMAEForPreTraining(tiny_config(objective=objective, visible_loss_weight=0.5)).train()
+
+    def plain(hidden, linear, labels, chunk_rows=512):
+        logits = linear(hidden)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten())
+        return loss, logits.detach()
+
+    gradients = {}
+    for name, loss_function in (("fused", linear_cross_entropy), ("plain", plain)):
+        monkeypatch.setattr(modeling_barcodemae, "linear_cross_entropy", loss_function)
+        model.zero_grad()
+        torch.manual_seed(5)
+        model(**batch).loss.backward()
+        gradients[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert gradients["fused"].keys() == gradients["plain"].keys()
+    for name, grad in gradients["plain"].items():
+        torch.testing.assert_close(gradients["fused"][name], grad, msg=name)
 
 
 @pytest.mark.parametrize(("position_embedding_type", "visible_loss_weight"), [("absolute", 0.0), ("rotary", 1.0)])
