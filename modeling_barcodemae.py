@@ -139,9 +139,10 @@ class LinearCrossEntropy(torch.autograd.Function):
     """``(loss, logits)``: the mean cross-entropy of ``F.linear(hidden, weight, bias)`` against ``labels`` (rows
     labelled -100 left out) and the logits (detached), a chunk of ``chunk_rows`` rows at a time. Each chunk's
     gradients are computed in the forward pass while its logits are in cache, so the ``(rows, vocabulary)`` logits,
-    the largest tensors of a pretraining step, are written once and never read back; the head's time drops by
-    about 45% on a CPU (benchmarks/RESULTS.md). Loss and gradients equal ``F.cross_entropy(F.linear(...))`` up to
-    rounding (tested). The products run in the autocast dtype when autocast is on, the softmax in float32."""
+    the largest tensors of a pretraining step, are written once and never kept for the backward pass (the small
+    preset's step: peak memory 2-16% lower, benchmarks/RESULTS.md). Loss and gradients equal
+    ``F.cross_entropy(F.linear(...))`` up to rounding (tested). The products run in the autocast dtype when autocast
+    is on, the softmax in float32."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_rows):
