@@ -65,6 +65,42 @@ class Votes:
     features: dict[str, np.ndarray]
 
 
+class LabelColumn(Sequence[str]):
+    """One rank's label of every reference row, held as ``names`` (sorted, distinct, non-empty) and ``codes``
+    (``(R,)`` integers, -1: no label), as a reference index stores them; reads as a sequence of strings."""
+
+    def __init__(self, names: Sequence[str], codes: np.ndarray) -> None:
+        self.names, self.codes = np.asarray(names, dtype=str), codes
+        self._decoded = np.append(self.names, "").astype(object)
+
+    @classmethod
+    def encode(cls, labels: Sequence[str]) -> LabelColumn:
+        if isinstance(labels, LabelColumn):
+            return labels
+        names, codes = np.unique(np.asarray(list(labels), dtype=object).astype(str), return_inverse=True)
+        codes = codes.astype(np.int32).reshape(-1)
+        if len(names) and names[0] == "":  # the empty label sorts first
+            names, codes = names[1:], codes - 1
+        return cls(names, codes)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return self._decoded[self.codes[row]].tolist()
+        return self._decoded[self.codes[row]]
+
+    def __iter__(self):
+        return iter(self._decoded[self.codes].tolist())
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same labels, as a list is."""
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    __hash__ = None  # mutable-sequence semantics, as a list
+
+
 class Taxonomy:
     """The reference's labels as integer codes per rank (-1: no label), with the names to decode them."""
 
@@ -72,12 +108,8 @@ class Taxonomy:
         self.names: dict[str, np.ndarray] = {}
         self.codes: dict[str, np.ndarray] = {}
         for level in LEVELS:
-            values = np.asarray(list(labels.get(level, [""] * size)), dtype=object)
-            names, codes = np.unique(values.astype(str), return_inverse=True)
-            codes = codes.astype(np.int64)
-            if len(names) and names[0] == "":  # the empty label sorts first
-                names, codes = names[1:], codes - 1
-            self.names[level], self.codes[level] = names, codes
+            column = LabelColumn.encode(labels.get(level, [""] * size))
+            self.names[level], self.codes[level] = column.names, np.asarray(column.codes, dtype=np.int64)
 
     def decode(self, level: str, codes: np.ndarray) -> list[str]:
         """The label of each code at ``level`` (``""`` for -1)."""

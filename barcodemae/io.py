@@ -286,7 +286,7 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     return ids, embeddings
 
 
-_SAFETENSORS_DTYPES = {"F32": "<f4", "I64": "<i8"}
+_SAFETENSORS_DTYPES = {"F32": "<f4", "I64": "<i8", "I32": "<i4"}
 
 
 def safetensors_header(path: str | os.PathLike) -> tuple[int, dict]:
@@ -300,7 +300,7 @@ def safetensors_header(path: str | os.PathLike) -> tuple[int, dict]:
 def map_safetensors(path: str | os.PathLike, name: str, dtype: str, ndim: int) -> np.ndarray:
     """The tensor ``name`` of a safetensors file as a read-only memory map (the format: an 8-byte little-endian
     header length, a JSON header with each tensor's dtype, shape and byte range, then the data). ValueError naming
-    the file unless it holds a non-empty ``dtype`` (``"F32"`` or ``"I64"``) tensor of ``ndim`` dimensions."""
+    the file unless it holds a non-empty ``dtype`` (``"F32"``, ``"I64"`` or ``"I32"``) tensor of ``ndim`` dimensions."""
     length, header = safetensors_header(path)
     entry = header.get(name, {})
     shape = tuple(entry.get("shape", ()))

@@ -21,28 +21,30 @@ first appearance); a search finds the nearest distinct barcodes and answers with
 every row, and the calibration runs on every row as before (the `train` partition: 89,407 rows, 46,029 distinct).
 
 A reference **index** (:class:`ReferenceIndex`) is a folder with ``embeddings.safetensors`` (tensor
-``"embeddings"``, ``(D, hidden)`` float32, one row per distinct barcode, and ``"groups"``, ``(R,)`` int64),
-``index.json`` (format, model path and embedding fingerprint, reference file, search method, ids, the labels of
-every rank and BIN of :data:`barcodemae.formats.LABEL_KEYS` the reference has, the thresholds, the confidence model
-and how they were calibrated), ``sequences.txt`` (the D distinct cleaned barcodes, one a line, for ``--rerank
-align``) and, for approximate search, ``ann.safetensors`` (:class:`barcodemae.search.AnnIndex`'s centroids and
-inverted lists over the distinct barcodes), so a large reference is embedded and indexed once. Loading maps the
-embeddings and the inverted lists into memory read-only instead of reading them (:func:`map_embeddings`): a
-1M-reference folder opens in a fraction of a second and only the parts a search touches are read from disk; a
-saved approximate index is searched without faiss.
+``"embeddings"``, ``(D, hidden)`` float32, one row per distinct barcode, ``"groups"``, ``(R,)`` int64, and for
+every rank and BIN of :data:`barcodemae.formats.LABEL_KEYS` the reference has, ``"labels.<rank>"``, ``(R,)`` int32
+codes into that rank's names, -1 for no label), ``index.json`` (format, model path and embedding fingerprint,
+reference file, search method, ids, each rank's names (``label_names``: sorted, distinct), the thresholds, the
+confidence model and how they were calibrated), ``sequences.txt`` (the D distinct cleaned barcodes, one a line,
+for ``--rerank align``) and, for approximate search, ``ann.safetensors`` (:class:`barcodemae.search.AnnIndex`'s
+centroids and inverted lists over the distinct barcodes), so a large reference is embedded and indexed once.
+Loading maps the embeddings, label codes and inverted lists into memory read-only instead of reading them
+(:func:`map_embeddings`): a 1M-reference folder opens in a fraction of a second and only the parts a search touches
+are read from disk; a saved approximate index is searched without faiss.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from barcodemae.assign import ConfidenceModel, Taxonomy, fit_confidence
+from barcodemae.assign import ConfidenceModel, LabelColumn, Taxonomy, fit_confidence
 from barcodemae.data import CleaningReport
 from barcodemae.embedding import DEFAULT_CHUNK, Embedder, embed_chunks, iter_records
 from barcodemae.formats import LABEL_KEYS
@@ -158,7 +160,7 @@ class ReferenceIndex:
 
     embeddings: np.ndarray
     ids: list[str]
-    labels: dict[str, list[str]]  # rank (of LABEL_KEYS) -> one label per reference ("" unknown)
+    labels: dict[str, Sequence[str]]  # rank (of LABEL_KEYS) -> one label per reference ("" unknown)
     model: str
     threshold: float
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -243,10 +245,12 @@ class ReferenceIndex:
             "calibration": self.calibration,
             "confidence": self.confidence.to_dict(),
             "ids": self.ids,
-            "labels": self.labels,
         }
         groups = np.arange(len(self.ids)) if self.groups is None else self.groups
         tensors = {"embeddings": np.ascontiguousarray(self.embeddings, np.float32), "groups": groups.astype(np.int64)}
+        columns = {key: LabelColumn.encode(labels) for key, labels in self.labels.items()}
+        meta["label_names"] = {key: column.names.tolist() for key, column in columns.items()}
+        tensors.update({f"labels.{key}": np.asarray(column.codes, np.int32) for key, column in columns.items()})
         with atomic_folder(path, replace=lambda old: (old / INDEX_FILE).is_file()) as folder:
             save_file(tensors, str(folder / INDEX_EMBEDDINGS))
             if self.sequences is not None:
@@ -298,7 +302,7 @@ class ReferenceIndex:
         return cls(
             embeddings=embeddings,
             ids=meta["ids"],
-            labels=meta["labels"],
+            labels=load_labels(path / INDEX_EMBEDDINGS, meta.get("label_names", {}), len(meta["ids"])),
             model=meta["model"],
             threshold=float(meta["novel_threshold"]),
             calibration=meta.get("calibration", {}),
@@ -322,7 +326,19 @@ def map_embeddings(path: Path) -> np.ndarray:
 _TENSORS = {  # name -> safetensors dtype, ndim, description
     "embeddings": ("F32", 2, "(R, hidden) float32"),
     "groups": ("I64", 1, "(R,) int64"),
+    **{f"labels.{key}": ("I32", 1, "(R,) int32") for key in LABEL_KEYS},
 }
+
+
+def load_labels(path: Path, names: dict[str, list[str]], rows: int) -> dict[str, LabelColumn]:
+    """Each rank's labels of an index: its names (index.json) and its codes (memory-mapped, checked)."""
+    labels = {}
+    for key, key_names in names.items():
+        codes = map_tensor(path, f"labels.{key}")
+        if codes.shape != (rows,) or (rows and (codes.min() < -1 or codes.max() >= len(key_names))):
+            raise ValueError(f"{path}: the {key} labels do not match the {rows} rows; rebuild it")
+        labels[key] = LabelColumn(key_names, codes)
+    return labels
 
 
 def map_tensor(path: Path, name: str) -> np.ndarray:

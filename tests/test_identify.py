@@ -9,7 +9,14 @@ import pytest
 from cli_helpers import export_tiny_encoder, files_in, run
 
 from barcodemae.identify import read_predictions
-from barcodemae.reference import INDEX_ANN, INDEX_SEQUENCES, ReferenceIndex, calibrate_threshold, map_embeddings
+from barcodemae.reference import (
+    INDEX_ANN,
+    INDEX_EMBEDDINGS,
+    INDEX_SEQUENCES,
+    ReferenceIndex,
+    calibrate_threshold,
+    map_embeddings,
+)
 from barcodemae.simulate import simulate_barcodes, write_fasta, write_tsv
 
 
@@ -265,3 +272,26 @@ def test_sintax_output_and_every_reference_format_give_the_same_answers(tmp_path
         if query_id in known:  # a known species: its species in both columns
             species = "s:" + known[query_id]["species"].replace(" ", "_")
             assert f",{species}(" in full and kept.endswith(species)
+
+
+def test_index_labels_are_stored_as_codes_and_read_back_as_the_labels(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from barcodemae.assign import LabelColumn, Taxonomy
+
+    genus = ["Aedes", "", "Culex", "Aedes", "Zeus"]
+    labels = {"genus": genus, "species": ["Aedes vexans", "", "Culex pipiens", "Aedes aegypti", ""]}
+    embeddings = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    index = ReferenceIndex(embeddings, [f"r{i}" for i in range(5)], labels, model="m", threshold=0.5)
+    index.save(tmp_path / "index")
+    loaded = ReferenceIndex.load(tmp_path / "index")
+    assert isinstance(loaded.labels["genus"], LabelColumn) and loaded.genus == genus and list(loaded.genus) == genus
+    assert loaded.genus[2] == "Culex" and loaded.genus[1:3] == ["", "Culex"] and len(loaded.genus) == 5
+    for level in ("genus", "species", "family"):
+        np.testing.assert_array_equal(loaded.taxonomy.codes[level], Taxonomy(labels, 5).codes[level])
+        assert loaded.taxonomy.names[level].tolist() == Taxonomy(labels, 5).names[level].tolist()
+    tensors = load_file(str(tmp_path / "index" / INDEX_EMBEDDINGS))
+    tensors["labels.genus"] = np.array([0, 1, 2, 3, 9], dtype=np.int32)  # 9: no such name
+    save_file(tensors, str(tmp_path / "index" / INDEX_EMBEDDINGS))
+    with pytest.raises(ValueError, match="the genus labels do not match the 5 rows; rebuild it"):
+        ReferenceIndex.load(tmp_path / "index")

@@ -16,6 +16,7 @@ from barcodemae.search import (
     l2_normalize_array,
     rerank_by_alignment,
     resolve_method,
+    top_columns,
 )
 
 
@@ -167,3 +168,14 @@ def test_ann_scan_is_the_same_on_one_thread_or_several_and_load_checks_the_lists
     ann.save(tmp_path / "broken.safetensors")
     with pytest.raises(ValueError, match="broken.safetensors: not a complete inverted-file index"):
         AnnIndex.load(tmp_path / "broken.safetensors")
+
+
+@pytest.mark.parametrize("columns", [7, 40, 499, 501, 1013, 2048])
+def test_top_columns_finds_each_rows_largest_values_in_narrow_and_blocked_rows(columns):
+    values = np.random.default_rng(columns).normal(size=(6, columns)).astype(np.float32)
+    values[0] = 0.5  # all tied: any k columns will do
+    k = min(10, columns)
+    top = top_columns(values, k)
+    assert top.shape == (6, k) and all(len(set(row)) == k for row in top.tolist())
+    expected = -np.sort(-values, axis=1)[:, :k]
+    np.testing.assert_array_equal(-np.sort(-np.take_along_axis(values, top, 1), axis=1), expected)
