@@ -18,6 +18,8 @@ the model on every step.
 * ``--profile``: the PyTorch profiler on one MAE and one MLM step (mask 0.5) of the small (or ``--profile-preset
   paper``) preset: top ops by self CPU time (with input shapes; on CUDA: GPU kernels by kernel time) and the time
   in forward / backward / optimizer.
+* ``flop_ratios``: each MAE case's speed ratio to the MLM were it to run at the MLM's FLOP/s (the FLOPs of a step
+  by `torch.utils.flop_counter`): the ceiling of its measured ratio.
 * ``--bf16`` (autocast), ``--compile``, ``--device cuda``: the GPU run; MFU from `torch.utils.flop_counter`.
 * ``--precision-ratio``: the small MLM and preset MAE at mask 0.5 also under bf16 autocast, in the same rounds
   (``BF16=1`` of scripts/equal_flops.sh on a CPU with bf16 matmul in hardware).
@@ -186,9 +188,11 @@ def measure(
         params = list(model.parameters())
         state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         summary = summarize(times[name], len(batch["input_ids"]))
-        achieved = step_flops(steps[name]) / summary["median_s"] / 1e12
+        flops = step_flops(steps[name])
+        achieved = flops / summary["median_s"] / 1e12
         results[name] = {
             **summary,
+            "gflop_per_step": flops / 1e9,
             "parameters_m": sum(p.numel() for p in params) / 1e6,
             "params_and_adam_state_mb": tensor_mb(params) + tensor_mb(state),
             "peak_step_mb": peak_memory_mb(steps[name], device),
@@ -389,8 +393,20 @@ def small_benchmark(args, device, preset: str) -> dict[str, Any]:
         ratios[f"{name}/mlm@0.5"] = speed_ratio(times, f"{name}@0.5", "mlm@0.5")
     for name in sorted(bf16):
         ratios[f"{name}/fp32"] = speed_ratio(times, name, name.removesuffix(" bf16"))
+    # the speed ratio each MAE would reach at the MLM's FLOP/s: the ceiling of its speed ratio
+    flop_ratios = {
+        f"{name}/mlm@{r}": results[f"mlm@{r}"]["gflop_per_step"] / results[f"{name}@{r}"]["gflop_per_step"]
+        for name, r in (("mae", 0.5), ("mae", 0.75), ("preset-mae", 0.5), ("big-decoder-mae", 0.5))
+    }
     padding = {f"mae@{r}": encoder_padding(cases[f"mae@{r}"][0], batch) for r in (0.5, 0.75)}
-    return {"preset": preset, "batch_size": args.batch_size, "cases": results, "ratios": ratios, "padding": padding}
+    return {
+        "preset": preset,
+        "batch_size": args.batch_size,
+        "cases": results,
+        "ratios": ratios,
+        "flop_ratios": flop_ratios,
+        "padding": padding,
+    }
 
 
 def paper_benchmark(args, device, preset: str) -> dict[str, Any]:

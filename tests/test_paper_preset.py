@@ -122,7 +122,7 @@ def test_paper_mae_step_masks_per_token_and_trains():
     assert int(masked.sum()) == int(scored.sum())  # every masked k-mer scored once
 
 
-def test_bernoulli_masking_is_per_token_with_static_slots():
+def test_bernoulli_masking_is_per_token_with_static_slots_when_compiled(monkeypatch):
     torch.manual_seed(0)
     length, rows = 110, 4000
     input_ids = torch.randint(5, 4101, (rows, length))
@@ -131,8 +131,13 @@ def test_bernoulli_masking_is_per_token_with_static_slots():
     assert counts.mean() == pytest.approx(55, abs=0.3)
     assert counts.var() == pytest.approx(110 * 0.25, rel=0.1)  # binomial, not a fixed count
     assert masking.mask.float().mean(0).sub(0.5).abs().max() < 0.05  # every position equally likely
-    assert masking.kept_length == masking.masked_length == 87  # mean + 6 standard deviations, fixed by the length
-    assert int(masking.num_kept.max()) <= masking.kept_length
+    # eager: as many slots as the batch fills; compiled: mean + 6 standard deviations, fixed by the length
+    assert (masking.kept_length, masking.masked_length) == (int(masking.num_kept.max()), int(counts.max()))
+    assert max(masking.kept_length, masking.masked_length) < 87
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    static = random_masking(torch.randint(5, 4101, (rows, length)), torch.ones_like(input_ids), 0.5, 5, "bernoulli")
+    assert static.kept_length == static.masked_length == 87 and torch.equal(static.mask, masking.mask)
     fixed = random_masking(input_ids, torch.ones_like(input_ids), 0.5, 5)
     assert set(fixed.mask.sum(1).tolist()) == {55}
 
@@ -206,3 +211,28 @@ def test_the_presets_training_arguments_yield_to_explicit_flags(tmp_path, extra,
     assert training_args.decay_all_parameters
     for name, value in expected.items():
         assert getattr(training_args, name) == (value if value is None else pytest.approx(value)), name
+
+
+def test_eager_slots_give_the_loss_and_gradients_of_the_static_ones(monkeypatch):
+    """Eager runs trim the empty kept and masked slots; the compiled graph's static slots give the same step."""
+    torch.manual_seed(0)
+    decoder = dict(decoder_hidden_size=48, decoder_num_hidden_layers=1, decoder_num_attention_heads=4)
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # shapes would change its draws
+    config = paper_config(**SMALL_SIZES, **decoder, **no_dropout, decoder_intermediate_size=96, visible_loss_weight=0.5)
+    model = BarcodeMAEForPreTraining(config).train()
+    input_ids = torch.randint(5, model.config.vocab_size, (4, 40))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 30:] = 0
+    results = []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda compiling=compiling: compiling)
+        model.zero_grad()
+        torch.manual_seed(1)
+        output = model(input_ids=input_ids, attention_mask=attention_mask)
+        output.loss.backward()
+        results.append((output, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (eager, eager_grads), (static, static_grads) = results
+    assert eager.logits.shape[1] < static.logits.shape[1]  # fewer slots
+    torch.testing.assert_close(eager.loss, static.loss)
+    for name, grad in static_grads.items():
+        torch.testing.assert_close(eager_grads[name], grad, msg=name)

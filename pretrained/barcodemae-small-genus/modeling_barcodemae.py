@@ -109,7 +109,8 @@ def random_masking(
     ``kept_length`` tokens nor masks more than ``masked_length``: ``L - floor(mask_ratio * L)`` and
     ``floor(mask_ratio * L)`` for ``"count"``; for ``"bernoulli"`` the mean plus six standard deviations (a row
     beyond it has probability ~1e-9). A row whose ``[UNK]`` tokens would leave it more kept tokens masks that many
-    more k-mers (when it has them).
+    more k-mers (when it has them). Run eagerly, the two lengths shrink to the batch's largest counts: the same
+    masking and loss with fewer empty slots (for ``"bernoulli"`` at ``L = 110``, about 65 kept slots instead of 87).
     """
     length = input_ids.shape[1]
     real = attention_mask.bool()
@@ -127,6 +128,8 @@ def random_masking(
     num_masked = torch.maximum(drawn, num_real - kept_length)
     num_masked = torch.minimum(num_masked.clamp(max=masked_length), num_maskable)
     num_kept = num_real - num_masked
+    if not torch.compiler.is_compiling():  # eager: no more slots than this batch fills (one host sync)
+        kept_length, masked_length = min(kept_length, int(num_kept.max())), min(masked_length, int(num_masked.max()))
     noise = torch.rand(input_ids.shape, device=input_ids.device)
     noise = torch.where(maskable, noise, torch.where(real, -1.0, 2.0))
     ids_shuffle = torch.argsort(noise, dim=1)
