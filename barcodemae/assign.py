@@ -94,6 +94,10 @@ class LabelColumn(Sequence[str]):
     def __iter__(self):
         return iter(self._decoded[self.codes].tolist())
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The labels of ``rows`` (an integer array of any shape), as an object array of that shape."""
+        return self._decoded[self.codes[rows]]
+
     def __eq__(self, other: object) -> bool:
         """Equal to any sequence of the same labels, as a list is."""
         return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)

@@ -28,7 +28,7 @@ def _add_model_options(parser: argparse.ArgumentParser, default_help: str = "the
     group.add_argument("--batch-size", type=int, help="barcodes per forward pass (default: 32 on CPU, 256 on GPU)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")
     group.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
-    group.add_argument("--chunk-size", type=int, default=4096, help="barcodes read and written per chunk")
+    group.add_argument("--chunk-size", type=int, default=16384, help="barcodes read and written per chunk")
     group.add_argument("--strict", action="store_true", help="stop at the first record that would be skipped")
     group.add_argument("--quiet", action="store_true", help="no progress bars or summaries: errors and warnings only")
 

@@ -387,7 +387,7 @@ def _cuda_possible() -> bool:
 
 
 # ------------------------------------------------------------------------------------------- files
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 16384  # records a chunk; identify searches a chunk at once, and larger batches amortise the IVF scan
 
 
 def check_input(path: str | os.PathLike) -> Path:

@@ -393,7 +393,7 @@ def build_index(
         raise ValueError(f"{reference_path}: no usable reference barcode\n{report.summary()}")
     embeddings = np.concatenate(parts)
     parts.clear()  # one copy of the embeddings from here on (1 GiB at 1M references)
-    labels = {rank: values for rank, values in labels.items() if any(values)}
+    labels = {rank: LabelColumn.encode(values) for rank, values in labels.items() if any(values)}
     rows = np.asarray(groups, dtype=np.int64)
     unique = len(embeddings) == len(rows)
     index = ReferenceIndex(embeddings, ids, labels, str(model_path), 0.0, groups=None if unique else rows)

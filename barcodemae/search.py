@@ -309,16 +309,12 @@ class AnnIndex:
 
     def _search(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best of each query's ``probes`` lists (-1 / -inf where they hold fewer than k references)."""
-        coarse = q @ self.centroids.T
-        if probes < coarse.shape[1]:
-            probed = np.argpartition(-coarse, probes - 1, axis=1)[:, :probes].ravel()
-        else:
-            probed = np.tile(np.arange(coarse.shape[1]), len(q))
+        probed = self._probe(q, probes).ravel()
         sortable = probed.astype(np.int16 if len(self.centroids) <= 2**15 else np.int32)  # int16: a radix sort
         pairs = np.argsort(sortable, kind="stable")  # pair p = (query p // probes, a probed list), grouped by list
         bounds = np.searchsorted(probed[pairs], np.arange(len(self.centroids) + 1))
         best_sim = np.full((probed.size, k), -np.inf, dtype=np.float32)
-        best_idx = np.full((probed.size, k), -1, dtype=np.int64)
+        best_idx = np.full((probed.size, k), -1, dtype=np.int32 if len(self) < 2**31 else np.int64)
 
         def scan(lists: np.ndarray) -> None:
             for lst in lists:
@@ -344,7 +340,18 @@ class AnnIndex:
             top = np.argpartition(best_sim, best_sim.shape[1] - k, axis=1)[:, -k:]
             best_sim, best_idx = np.take_along_axis(best_sim, top, 1), np.take_along_axis(best_idx, top, 1)
         order = np.argsort(-best_sim, axis=1, kind="stable")
-        return np.take_along_axis(best_idx, order, 1), np.take_along_axis(best_sim, order, 1)
+        return np.take_along_axis(best_idx, order, 1).astype(np.int64), np.take_along_axis(best_sim, order, 1)
+
+    def _probe(self, q: np.ndarray, probes: int, block: int = 1024) -> np.ndarray:
+        """``(Q, probes)``: each query's most similar centroids (in blocks of queries: bounded memory)."""
+        lists = len(self.centroids)
+        if probes >= lists:
+            return np.tile(np.arange(lists), (len(q), 1))
+        probed = np.empty((len(q), probes), dtype=np.int64)
+        for start in range(0, len(q), block):
+            coarse = q[start : start + block] @ self.centroids.T
+            probed[start : start + block] = np.argpartition(-coarse, probes - 1, axis=1)[:, :probes]
+        return probed
 
 
 def top_columns(values: np.ndarray, k: int, block: int = 16) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
-from barcodemae.assign import OUTCOMES, cutoffs
+from barcodemae.assign import OUTCOMES, LabelColumn, cutoffs
 from barcodemae.formats import SINTAX_LETTERS, sintax_name
 
 OUTPUT_FORMATS = ("tsv", "sintax")
@@ -79,22 +79,29 @@ class TsvWriter:
     def __init__(self, handle: TextIO, layout: Layout, reference_ids: list[str], reference_labels: dict) -> None:
         self.reference_ids, self.score_names = reference_ids, layout.score_names
         self.answer_ranks = layout.answer_ranks
-        self.neighbor_labels = [reference_labels[rank] for rank in layout.neighbor_ranks]
+        self.neighbor_labels = [LabelColumn.encode(reference_labels[rank]) for rank in layout.neighbor_ranks]
         self.writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         self.writer.writerow(layout.tsv_columns())
 
     def write(self, answers: Answers) -> None:
-        for row, query_id in enumerate(answers.ids):
+        # Python lists and strings per chunk: formatting a float is the same, indexing a list is faster
+        answer_columns = [
+            (answers.labels[rank], [f"{c:.4f}" for c in answers.confidences[rank].tolist()])
+            for rank in self.answer_ranks
+        ]
+        scores = [[[f"{v:.6f}" for v in row] for row in answers.scores[name].tolist()] for name in self.score_names]
+        neighbor_labels = [column.take(answers.neighbors).tolist() for column in self.neighbor_labels]
+        for row, (query_id, neighbors) in enumerate(zip(answers.ids, answers.neighbors.tolist())):
             assigned = answers.assigned[row]
             line = [query_id, assigned, OUTCOMES[assigned]]
-            for rank in self.answer_ranks:
-                line += [answers.labels[rank][row], f"{answers.confidences[rank][row]:.4f}"]
-            line += [f"{answers.scores[name][row, 0]:.6f}" for name in self.score_names]
+            for labels, confidences in answer_columns:
+                line += [labels[row], confidences[row]]
+            line += [name_scores[row][0] for name_scores in scores]
             line.append("false" if assigned == "species" else "true")
-            for position, neighbor in enumerate(answers.neighbors[row].tolist()):
+            for position, neighbor in enumerate(neighbors):
                 line.append(self.reference_ids[neighbor])
-                line += [labels[neighbor] for labels in self.neighbor_labels]
-                line += [f"{answers.scores[name][row, position]:.6f}" for name in self.score_names]
+                line += [labels[row][position] for labels in neighbor_labels]
+                line += [name_scores[row][position] for name_scores in scores]
             self.writer.writerow(line)
 
 
