@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--search",
         choices=("exact", "ann", "auto"),
         help="cosine search: exact, approximate (faiss, pip install 'barcodemae[ann]') or auto (approximate from "
-        "5,000 distinct reference barcodes); default: auto, or what a loaded --index was saved with",
+        "15,000 distinct reference barcodes); default: auto, or what a loaded --index was saved with",
     )
     identify.add_argument(
         "--rerank",

@@ -17,7 +17,7 @@ is installed). The libraries, the kernel and the threshold were chosen by measur
 benchmarks/RESULTS.md): of faiss HNSW and IVF, hnswlib and usearch, only an IVF index kept recall@1 >= 0.99 of
 exact search on the real embeddings (whose species form tight clusters that HNSW graphs miss); on subsets of the
 real `train` embeddings (``benchmarks/search.py --sizes``, 10 neighbours) it overtakes the exact kernel at about
-5,000 references with 48 probes (5x faster at 46,029) at recall@1 >= 0.99.
+15,000 references with 48 probes (2.7x faster at 46,029) at recall@1 >= 0.99.
 torch is imported only by the functions that use it.
 """
 
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     import torch
 
 SEARCH_METHODS = ("exact", "ann", "auto")
-ANN_MIN_REFERENCES = 5_000  # distinct references; where IVF overtakes exact search on real embeddings (RESULTS.md)
-ANN_MIN_PROBES = 48  # keeps recall@1 >= 0.99 on every real subset measured (32 fell to 0.990)
+ANN_MIN_REFERENCES = 15_000  # distinct references; where IVF overtakes exact search on real embeddings (RESULTS.md)
+ANN_MIN_PROBES = 48  # keeps recall@1 >= 0.99 on every real subset measured (32 fell to 0.989)
 BF16_MIN_REFERENCES = 4096  # below, one float32 pass is already quick
 BF16_CANDIDATES = 32  # 94% of real k=5 rows and 99% of k=1 rows are vouched for (benchmarks/RESULTS.md)
 _threads: int | None = None  # set_threads()
@@ -237,12 +237,13 @@ class AnnIndex:
     around: every probed list is read once and scored against all the queries that probe it in one matrix product,
     each of those queries keeping its ``k`` best of the list; then each query keeps its ``k`` best over its lists.
     faiss's ``IndexIVFFlat`` reads a list once per query that probes it, which makes a large index memory-bound;
-    here the same lists and probes give the same neighbours (ties aside) at ~2-3x its speed at 1M references
-    (benchmarks/RESULTS.md). The lists are shared out between :func:`set_threads` threads.
+    here the same lists and probes give the same neighbours (ties aside), level with it on the 46,029 real `train`
+    barcodes and 4x its speed at 1M simulated references (benchmarks/RESULTS.md). The lists are shared out
+    between :func:`set_threads` threads.
 
-    Recall@1 against exact search (10 neighbours): 0.993-0.998 on subsets of 5,000-46,029 real `train`
-    embeddings (where 32 probes fell to 0.990 at 20,000), 0.996 at 1M simulated ones (where 32 probes gave 0.975;
-    benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed lists hold fewer than ``k``
+    Recall@1 against exact search (10 neighbours): 0.990-1.000 on subsets of 2,000-46,029 real `train`
+    embeddings (where 32 probes fell to 0.989 at 30,000), 0.995-0.999 at 1M simulated ones (where 32 probes gave
+    0.975; benchmarks/RESULTS.md). Results are sorted by similarity; a query whose probed lists hold fewer than ``k``
     references is searched again over all lists, so ``k`` neighbours always come back. Ties fall either way.
     """
 
@@ -309,6 +310,7 @@ class AnnIndex:
 
     def _search(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best of each query's ``probes`` lists (-1 / -inf where they hold fewer than k references)."""
+        probes = min(probes, len(self.centroids))
         probed = self._probe(q, probes).ravel()
         sortable = probed.astype(np.int16 if len(self.centroids) <= 2**15 else np.int32)  # int16: a radix sort
         pairs = np.argsort(sortable, kind="stable")  # pair p = (query p // probes, a probed list), grouped by list
@@ -358,7 +360,7 @@ def top_columns(values: np.ndarray, k: int, block: int = 16) -> np.ndarray:
     """``(rows, k)`` column indices of each row's k largest values (in no order; ties either way). A wide row
     (over ``50 k`` columns) is cut into blocks of ``block`` columns: each of its k largest values lies in one of the
     k blocks with the largest maxima (a block holding one has a maximum at least the k-th value, and at most k
-    blocks do), so only those ``k·block`` columns are partitioned (2-2.5x faster for rows of 1,000-2,000)."""
+    blocks do), so only those ``k·block`` columns are partitioned."""
     rows, columns = values.shape
     if columns <= 50 * k:
         return np.argpartition(values, columns - k, axis=1)[:, -k:]

@@ -21,7 +21,7 @@ Run: ``python -m benchmarks.identify --threads 2``.
 a genus, `benchmarks.search.simulated_split`) and ``--queries`` held-out specimens (half of reference species,
 half of species absent from the reference), the shipped model:
 
-* ours: `build_index` (``--search auto``: exact below 5,000 distinct references, the IVF index from there; embedding,
+* ours: `build_index` (``--search auto``: exact below 15,000 distinct references, the IVF index from there; embedding,
   calibration and the approximate index included), its seconds and peak extra memory, then the saved folder is
   loaded and `identify_file` run on the query FASTA (query embedding + search + TSV; ``--top-k 5``), after
   ``--warmup`` untimed runs (the process's first run also pays one-time imports);
@@ -61,7 +61,7 @@ embedding the queries, exact cosine search (top 5), approximate search (top 5, f
 beforehand), and the whole `identify_file` (read, clean, embed, search, flag, write the TSV); seconds and ms a
 query, medians of interleaved rounds. The reference index is built once in process (its seconds reported apart).
 
-Run: ``python -m benchmarks.identify --data ../shared/data/barcodes.tsv.gz --stages --threads 1`` (writes
+Run: ``python -m benchmarks.identify --data ../shared/data/barcodes.tsv.gz --stages --threads 2`` (writes
 ``results/identify_stages.json`` unless ``--output``).
 """
 
@@ -343,7 +343,7 @@ def plot_scale(points: list[dict[str, Any]], path: Path) -> None:
     left.plot(sizes, [p["ours_queries_per_s"] for p in points], "o-", label="barcodemae identify (saved index)")
     left.plot(sizes, [p["vsearch_queries_per_s"] for p in points], "s-", label="vsearch --usearch_global")
     left.plot(sizes, [p["exact_queries_per_s"] for p in points], ":", label="exact cosine search only")
-    left.plot(sizes, [p["ann_queries_per_s"] for p in points], "--", label="faiss IVF search only")
+    left.plot(sizes, [p["ann_queries_per_s"] for p in points], "--", label="IVF search only")
     left.set(xscale="log", yscale="log", xlabel="reference barcodes", ylabel="queries / s", title="identification")
     left.legend(fontsize=8)
     right.plot(sizes, [p["ours_build_s"] for p in points], "o-", label="index build (s)")
@@ -725,7 +725,7 @@ def stage_cases(
     }
     if ann_available():
         ann = AnnIndex.build(np.asarray(index.embeddings))
-        per_query["approximate search (faiss, built beforehand), top 5"] = lambda: ann.search(embeddings, 5)
+        per_query["approximate search (IVF, built beforehand), top 5"] = lambda: ann.search(embeddings, 5)
     output = scratch / "predictions.tsv"
     per_query["identify_file (read, clean, embed, search, flag, write the TSV)"] = lambda: identify_file(
         query_file, output, index, embedder, progress=False

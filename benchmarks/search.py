@@ -31,7 +31,7 @@ of each approximate case, and the smallest N from which the default approximate 
 Run: ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --references 200000`` and
 ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --data ../shared/data/barcodes.tsv.gz --output
 benchmarks/results/search_real.json``; ``OMP_NUM_THREADS=2 python -m benchmarks.search --threads 2 --k 10 --data
-../shared/data/barcodes.tsv.gz --sizes 5000 10000 20000 30000 46029 --ann-probes 16 48 --output
+../shared/data/barcodes.tsv.gz --sizes 1000 2000 5000 10000 15000 20000 30000 46029 --ann-probes 16 32 --output
 benchmarks/results/search_sizes.json``.
 """
 

@@ -47,7 +47,9 @@ def test_the_small_presets_mae_step_is_cheaper_than_its_mlm_step(small_preset_tf
     assert small_preset_tflop["mae"] < 0.75 * small_preset_tflop["mlm"]
 
 
-def test_the_script_budgets_the_paper_sizes_flops():
+def test_the_script_budgets_the_paper_sizes_flops(monkeypatch):
+    # the static slots of a compiled step: an eager step trims the Bernoulli masking's empty ones (fewer FLOPs)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     counted = {
         "paper-mlm": preset_step_tflop("mlm", preset="paper"),
         "paper-mae": preset_step_tflop("mae", preset="paper", mask_ratio=0.5),

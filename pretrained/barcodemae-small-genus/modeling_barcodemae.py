@@ -110,7 +110,7 @@ def random_masking(
     ``floor(mask_ratio * L)`` for ``"count"``; for ``"bernoulli"`` the mean plus six standard deviations (a row
     beyond it has probability ~1e-9). A row whose ``[UNK]`` tokens would leave it more kept tokens masks that many
     more k-mers (when it has them). Run eagerly, the two lengths shrink to the batch's largest counts: the same
-    masking and loss with fewer empty slots (for ``"bernoulli"`` at ``L = 110``, about 65 kept slots instead of 87).
+    masking and loss with fewer empty slots (``"bernoulli"`` at ``L = 110``, 16 rows: about 66 slots, not 87).
     """
     length = input_ids.shape[1]
     real = attention_mask.bool()
