@@ -337,7 +337,7 @@ class AnnIndex:
         probed_lists = np.flatnonzero(queries_per_list)
         cost = queries_per_list[probed_lists] * np.diff(self.offsets)[probed_lists] + 512  # + a list's fixed cost
         _run_split(scan, probed_lists, cost)
-        best_sim, best_idx = best_sim.reshape(len(q), -1), best_idx.reshape(len(q), -1)
+        best_sim, best_idx = best_sim.reshape(len(q), probes * k), best_idx.reshape(len(q), probes * k)
         if best_sim.shape[1] > k:
             top = np.argpartition(best_sim, best_sim.shape[1] - k, axis=1)[:, -k:]
             best_sim, best_idx = np.take_along_axis(best_sim, top, 1), np.take_along_axis(best_idx, top, 1)

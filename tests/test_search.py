@@ -164,6 +164,8 @@ def test_ann_scan_is_the_same_on_one_thread_or_several_and_load_checks_the_lists
     again = AnnIndex.load(tmp_path / "ann.safetensors")
     assert isinstance(again.vectors, np.memmap) and again.probes == 4
     np.testing.assert_array_equal(again.search(queries, k=3)[0], one[0])
+    nothing = ann.search(np.zeros((0, 32), dtype=np.float32), k=3)
+    assert nothing[0].shape == nothing[1].shape == (0, 3)
     ann.probes = 50  # more probes than lists: every list, so exact
     np.testing.assert_allclose(ann.search(queries, k=3)[1], CosineIndex(refs).search(queries, k=3)[1], atol=1e-5)
     ann.offsets = ann.offsets[:-1]
