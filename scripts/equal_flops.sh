@@ -12,7 +12,7 @@
 # paper's size (configs/paper.json, encoder and decoder 6 x 6 x 768; pretrain_step_h200.json at batch 256 / 4)
 # MLM 1.92, MAE 3.41 (the authors' design: Bernoulli masking, whose static shapes give the encoder 87 of 110 slots),
 # MAE with the visible-token loss 3.51 (counted as tests/test_equal_flops.py does, with a compiled step's static
-# slots; an eager step trims them to the batch's largest counts, ~67 at batch 64, so an eager paper-size MAE run
+# slots; an eager step trims them to the batch's largest counts, so an eager paper-size MAE run
 # spends less than its budget: the budget is an upper bound for it). The paper-size runs of
 # results/equal-flops.md predate that design: pre-norm blocks, exactly half masked (MAE 2.82, with visible loss 2.88).
 # max_steps = budget / (FLOP per step at BATCH), rounded to a multiple of 16 (sixteen checkpoints, the FLOP curve

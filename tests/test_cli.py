@@ -104,3 +104,13 @@ def test_help_does_not_import_torch():
     code = "import sys; from barcodemae import cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_chunk_size_default_is_the_library_default():
+    """The CLI spells the default out (its imports stay light for --help); it must be the library's."""
+    from barcodemae.cli import build_parser
+    from barcodemae.embedding import DEFAULT_CHUNK
+
+    for command in (["embed"], ["identify", "--index", "index"]):
+        args = build_parser().parse_args([*command, "in.fasta", "-o", "out.tsv"])
+        assert args.chunk_size == DEFAULT_CHUNK, command
